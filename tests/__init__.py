@@ -1,0 +1,1 @@
+"""Tests of the server-core template: its hooks and what it renders."""

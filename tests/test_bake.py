@@ -1,0 +1,227 @@
+"""Bake the template with many answers and check each render, inside and out."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .baking import JOB_STORES, Bake, resolve_answers
+from .render_checks import (
+    find_forbidden_mentions,
+    find_leftover_template_syntax,
+    find_matches,
+)
+
+# Every job store in cookiecutter.json is baked, plus the answers at their limits.
+RENDERS: dict[str, dict[str, str]] = {
+    "default": {},
+    **{f"job_store={store}": {"job_store": store} for store in JOB_STORES[1:]},
+    "sqlite-1-worker-port-9001": {
+        "job_store": "sqlite",
+        "worker_count": "1",
+        "port": "9001",
+    },
+    "memory-256-workers-port-65535": {
+        "job_store": "memory",
+        "worker_count": "256",
+        "port": "65535",
+    },
+    "project_name=Acme Reports": {"project_name": "Acme Reports"},
+}
+
+QUALITY_GATES: dict[str, list[str]] = {
+    "ruff-check": ["ruff", "check", "."],
+    "ruff-format": ["ruff", "format", "--check", "."],
+    "mypy": ["mypy", "src", "tests"],
+}
+
+TOOL_TIMEOUT = 300
+SUITE_TIMEOUT = 900
+
+
+@dataclass(frozen=True)
+class Render:
+    answers: dict[str, Any]
+    project_dir: Path
+
+    @property
+    def package_dir(self) -> Path:
+        package_name: str = self.answers["package_name"]
+        return self.project_dir / "src" / package_name
+
+
+@pytest.fixture(params=list(RENDERS.values()), ids=list(RENDERS))
+def rendered(request: pytest.FixtureRequest, bake: Bake) -> Render:
+    answers: dict[str, str] = request.param
+    return Render(resolve_answers(answers), bake(**answers))
+
+
+def clean_env(**variables: str) -> dict[str, str]:
+    """An environment with no settings in it, so the render's defaults show."""
+    return {"PATH": os.environ["PATH"], "PYTHONDONTWRITEBYTECODE": "1", **variables}
+
+
+def output_of(result: subprocess.CompletedProcess[str]) -> str:
+    return f"exit code {result.returncode}\n{result.stdout}\n{result.stderr}"
+
+
+def test_render_has_no_leftover_template_syntax(rendered: Render) -> None:
+    assert find_leftover_template_syntax(rendered.project_dir) == []
+
+
+def test_render_never_mentions_a_job_store_it_does_not_have(rendered: Render) -> None:
+    job_store = rendered.answers["job_store"]
+
+    assert find_forbidden_mentions(rendered.project_dir, job_store) == []
+
+
+def test_render_keeps_only_the_chosen_store_module(rendered: Render) -> None:
+    store_dir = rendered.package_dir / "jobs" / "store"
+
+    store_modules = {path.stem for path in store_dir.glob("*.py")} & set(JOB_STORES)
+
+    assert store_modules == {rendered.answers["job_store"]}
+
+
+def test_settings_default_to_the_answered_worker_count_and_port(
+    rendered: Render, tmp_path: Path
+) -> None:
+    package = rendered.answers["package_name"]
+    program = (
+        f"from {package}.settings import Settings\n"
+        "settings = Settings()\n"
+        "print(settings.worker_pool_size, settings.port)\n"
+    )
+    # An empty working directory: no .env file can change the defaults.
+    result = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=tmp_path,
+        env=clean_env(PYTHONPATH=str(rendered.project_dir / "src")),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert result.returncode == 0, output_of(result)
+    assert result.stdout.split() == [
+        rendered.answers["worker_count"],
+        rendered.answers["port"],
+    ]
+
+
+@pytest.mark.parametrize("gate", QUALITY_GATES.values(), ids=QUALITY_GATES.keys())
+def test_render_passes_ruff_and_mypy(rendered: Render, gate: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", *gate],
+        cwd=rendered.project_dir,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=TOOL_TIMEOUT,
+    )
+
+    assert result.returncode == 0, output_of(result)
+
+
+def test_render_own_test_suite_passes(rendered: Render) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=rendered.project_dir,
+        env={**os.environ, "PYTHONPATH": "src", "PYTHONDONTWRITEBYTECODE": "1"},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=SUITE_TIMEOUT,
+    )
+
+    assert result.returncode == 0, output_of(result)
+
+
+def test_project_name_sets_slug_and_package_name(bake: Bake) -> None:
+    project_dir = bake(project_name="Acme Reports")
+
+    assert project_dir.name == "acme-reports"
+    packages = [path.name for path in (project_dir / "src").iterdir() if path.is_dir()]
+    assert packages == ["acme_reports"]
+
+
+def test_project_name_leaves_no_trace_of_the_default_names(bake: Bake) -> None:
+    project_dir = bake(project_name="Acme Reports")
+
+    default_names = re.compile(r"job[_-]service", re.IGNORECASE)
+
+    assert find_matches(project_dir, default_names) == []
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def became_healthy(url: str, service: subprocess.Popen[bytes], within: float) -> bool:
+    """Poll `url` until it answers 200, the service exits, or `within` seconds pass."""
+    # Straight to localhost, whatever http_proxy says.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline and service.poll() is None:
+        try:
+            with opener.open(url, timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:  # not listening yet, or an error status such as 503
+            pass
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.slow
+def test_default_render_installs_and_runs_in_a_fresh_venv(bake: Bake, tmp_path: Path) -> None:
+    package = resolve_answers({})["package_name"]
+    # pip builds a local project in place; a copy keeps build output out of the render.
+    source = shutil.copytree(bake(), tmp_path / "source")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    pip_install = [str(python), "-m", "pip", "install", "--quiet", str(source)]
+    subprocess.run(pip_install, check=True, timeout=SUITE_TIMEOUT)
+    port = free_port()
+    env = clean_env(
+        HOST="127.0.0.1",
+        PORT=str(port),
+        DATABASE_URL=f"sqlite:///{tmp_path / 'jobs.db'}",
+    )
+    log_file = tmp_path / "service.log"
+
+    with log_file.open("wb") as log:
+        service = subprocess.Popen(
+            [str(python), "-m", package],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            healthy = became_healthy(f"http://127.0.0.1:{port}/health", service, within=60)
+            service.send_signal(signal.SIGTERM)
+            exit_code = service.wait(timeout=60)
+        finally:
+            if service.poll() is None:
+                service.kill()
+                service.wait()
+
+    assert healthy, log_file.read_text()
+    assert exit_code == 0, log_file.read_text()

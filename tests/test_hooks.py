@@ -1,0 +1,231 @@
+"""The pre-generation hook refuses bad answers cleanly; the post-generation one prunes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from cookiecutter.environment import StrictEnvironment
+from cookiecutter.exceptions import FailedHookException
+from cookiecutter.main import cookiecutter
+
+from .baking import JOB_STORES, TEMPLATE_DIR, Bake, render, resolve_answers
+
+HOOKS_DIR = TEMPLATE_DIR / "hooks"
+
+BAD_ANSWERS: dict[str, list[str]] = {
+    "project_slug": [
+        "My-Project",
+        "1service",
+        "job--service",
+        "job service",
+        "job-",
+        "_job",
+        "jöb",
+        "job.service",
+        'job\'s-"service"\\',
+    ],
+    "package_name": [
+        "JobService",
+        "job-service",
+        "2jobs",
+        "_jobs",
+        "class",
+        "async",
+        "json",
+        "typing",
+        "asyncio",
+        "fastapi",
+        "sqlalchemy",
+        "pydantic_settings",
+        "pytest",
+    ],
+    "worker_count": [
+        "abc",
+        "4.0",
+        " ",
+        "",
+        "-1",
+        "true",
+        "0",
+        "257",
+        "08",
+        "1e2",
+        " 4",
+    ],
+    "port": ["0", "65536", "-1", "http", "80.0", "", "0x50", "8000 "],
+}
+# A replay file is not checked against cookiecutter.json's choices, so the hook is the
+# only guard there. "postgres" leaves this list when the PostgreSQL store lands.
+BAD_JOB_STORES = ["postgres", "mysql", "SQLite", ""]
+
+
+def load_hook(name: str) -> ModuleType:
+    """Import an unrendered hook; its Jinja sits in string constants only."""
+    spec = importlib.util.spec_from_file_location(name, HOOKS_DIR / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def assert_one_error_line(stderr: str, name: str, value: str) -> None:
+    assert len(stderr.splitlines()) == 1, stderr
+    assert stderr.startswith(f"ERROR: {name} "), stderr
+    assert repr(value) in stderr, stderr
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [(name, value) for name, values in BAD_ANSWERS.items() for value in values],
+    ids=[f"{name}={value!r}" for name, values in BAD_ANSWERS.items() for value in values],
+)
+def test_bad_answer_is_refused_with_one_line_and_nothing_rendered(
+    name: str,
+    value: str,
+    tmp_path: Path,
+    cookiecutter_config: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(FailedHookException):
+        render(tmp_path, {name: value}, cookiecutter_config)
+
+    assert list(tmp_path.iterdir()) == []
+    assert_one_error_line(capfd.readouterr().err, name, value)
+
+
+@pytest.mark.parametrize("job_store", BAD_JOB_STORES, ids=repr)
+def test_unknown_job_store_in_a_replay_is_refused_and_nothing_rendered(
+    job_store: str,
+    tmp_path: Path,
+    cookiecutter_config: Path,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    replay_file = tmp_path / "replay" / "server-core.json"
+    replay_file.parent.mkdir()
+    answers = resolve_answers({}) | {"job_store": job_store}
+    replay_file.write_text(json.dumps({"cookiecutter": answers}))
+    output_dir = tmp_path / "output"
+    output_dir.mkdir()
+
+    with pytest.raises(FailedHookException):
+        cookiecutter(
+            str(TEMPLATE_DIR),
+            replay=str(replay_file),
+            output_dir=str(output_dir),
+            config_file=str(cookiecutter_config),
+        )
+
+    assert list(output_dir.iterdir()) == []
+    assert_one_error_line(capfd.readouterr().err, "job_store", job_store)
+
+
+def test_command_line_refusal_is_our_one_line_on_stderr(
+    tmp_path: Path, cookiecutter_config: Path
+) -> None:
+    command = [sys.executable, "-m", "cookiecutter", "--no-input"]
+    options = ["--config-file", str(cookiecutter_config), "-o", str(tmp_path)]
+    result = subprocess.run(
+        [*command, *options, str(TEMPLATE_DIR), "worker_count=0"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+    assert result.returncode != 0
+    # Our hook owns stderr. (cookiecutter itself logs its FailedHookException, with a
+    # traceback, to stdout; that is cookiecutter's output, not the hook's.)
+    assert result.stderr == "ERROR: worker_count must be an integer from 1 to 256, got '0'\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "answers",
+    [
+        {"worker_count": "1", "port": "1"},
+        {"job_store": "memory", "worker_count": "256", "port": "65535"},
+    ],
+    ids=["lowest-worker_count-and-port", "highest-worker_count-and-port"],
+)
+def test_boundary_answers_render(bake: Bake, answers: dict[str, str]) -> None:
+    assert (bake(**answers) / "pyproject.toml").is_file()
+
+
+def test_quotes_and_backslashes_in_answers_reach_the_hook_intact(
+    tmp_path: Path, cookiecutter_config: Path
+) -> None:
+    # The hook embeds the answers in its own source; they must not break it.
+    answers = {"author_name": "O'Brien \"OB\" \\ '''", "description": 'Say """hi"""'}
+
+    project_dir = render(tmp_path, answers, cookiecutter_config)
+
+    assert project_dir.is_dir()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a", "app", "jobs2", "my_jobs", "billing_service_v2"],
+)
+def test_package_name_check_accepts_plain_lowercase_identifiers(name: str) -> None:
+    load_hook("pre_gen_project").check_package_name(name)
+
+
+@pytest.mark.parametrize("slug", ["a", "jobs", "job-service", "job_service", "a1-b2_c3"])
+def test_project_slug_check_accepts_distribution_names(slug: str) -> None:
+    load_hook("pre_gen_project").check_project_slug(slug)
+
+
+@pytest.mark.parametrize("value", [1, 256, "1", "256"], ids=repr)
+def test_worker_count_check_accepts_ints_and_digit_strings(value: object) -> None:
+    hook = load_hook("pre_gen_project")
+
+    hook.check_integer("worker_count", value, hook.WORKER_COUNT_RANGE)
+
+
+@pytest.mark.parametrize("value", [True, 0, 257, 4.0, None], ids=repr)
+def test_worker_count_check_refuses_other_types_and_out_of_range_ints(
+    value: object,
+) -> None:
+    hook = load_hook("pre_gen_project")
+
+    with pytest.raises(hook.InvalidAnswer, match="worker_count must be an integer"):
+        hook.check_integer("worker_count", value, hook.WORKER_COUNT_RANGE)
+
+
+def test_hooks_and_cookiecutter_json_agree_on_the_job_stores() -> None:
+    pre_gen, post_gen = load_hook("pre_gen_project"), load_hook("post_gen_project")
+
+    assert set(pre_gen.JOB_STORES) == set(JOB_STORES)
+    assert set(post_gen.STORE_FILES) == set(JOB_STORES)
+
+
+def rendered_hook(name: str, answers: dict[str, Any], destination: Path) -> Path:
+    """Render a hook with Jinja the way cookiecutter does before running it."""
+    context = {"cookiecutter": answers}
+    source = (HOOKS_DIR / f"{name}.py").read_text()
+    rendered = StrictEnvironment(context=context).from_string(source).render(**context)
+    destination.write_text(rendered)
+    return destination
+
+
+@pytest.mark.parametrize("job_store", JOB_STORES)
+def test_post_gen_hook_removes_other_stores_and_can_run_twice(
+    job_store: str, tmp_path: Path
+) -> None:
+    answers = resolve_answers({"job_store": job_store})
+    store_dir = tmp_path / "project" / "src" / answers["package_name"] / "jobs" / "store"
+    store_dir.mkdir(parents=True)
+    for module in ["base", *JOB_STORES]:
+        (store_dir / f"{module}.py").write_text("")
+    hook = rendered_hook("post_gen_project", answers, tmp_path / "post_gen_project.py")
+
+    for _ in range(2):
+        subprocess.run([sys.executable, str(hook)], cwd=tmp_path / "project", check=True)
+
+    assert sorted(path.stem for path in store_dir.iterdir()) == ["base", job_store]

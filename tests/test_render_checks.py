@@ -1,0 +1,89 @@
+"""The render checks find what they look for, so a clean render means something."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from .baking import JOB_STORES
+from .render_checks import (
+    FORBIDDEN_MENTIONS,
+    find_forbidden_mentions,
+    find_leftover_template_syntax,
+)
+
+
+def make_tree(root: Path, files: dict[str, str]) -> Path:
+    for relative, content in files.items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+    return root
+
+
+def test_every_job_store_has_forbidden_mentions() -> None:
+    assert set(FORBIDDEN_MENTIONS) == set(JOB_STORES)
+
+
+def test_clean_tree_has_no_findings(tmp_path: Path) -> None:
+    root = make_tree(tmp_path, {"src/app/store.py": "class Store:\n    pass\n"})
+
+    assert find_leftover_template_syntax(root) == []
+    for job_store in FORBIDDEN_MENTIONS:
+        assert find_forbidden_mentions(root, job_store) == []
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["port = {{ cookiecutter.port }}", "{% if x %}", "{# why #}", "cookiecutter.x"],
+)
+def test_leftover_template_syntax_in_a_file_is_found(tmp_path: Path, line: str) -> None:
+    root = make_tree(tmp_path, {"docs/README.md": f"# Title\n{line}\n"})
+
+    [finding] = find_leftover_template_syntax(root)
+    assert finding.startswith("docs/README.md:2: ")
+
+
+def test_leftover_template_syntax_in_a_directory_name_is_found(tmp_path: Path) -> None:
+    root = make_tree(tmp_path, {"src/{{cookiecutter.package_name}}/x.py": ""})
+
+    findings = find_leftover_template_syntax(root)
+
+    assert findings
+    assert all("{{cookiecutter.package_name}}" in finding for finding in findings)
+
+
+@pytest.mark.parametrize(
+    ("job_store", "line"),
+    [
+        ("memory", "Jobs live in SQLite."),
+        ("memory", "url = settings.database_url"),
+        ("memory", "PRAGMA journal_mode=WAL"),
+        ("memory", "Set up PostgreSQL first."),
+        ("sqlite", "store = MemoryJobStore()"),
+        ("sqlite", "The Memory store is fastest."),
+        ("sqlite", "an in-memory queue"),
+        ("sqlite", "postgres://localhost/jobs"),
+    ],
+)
+def test_mention_of_an_unchosen_store_is_found(tmp_path: Path, job_store: str, line: str) -> None:
+    root = make_tree(tmp_path, {"src/app/notes.py": f"# {line}\n"})
+
+    [finding] = find_forbidden_mentions(root, job_store)
+    assert finding.startswith("src/app/notes.py:1: ")
+
+
+def test_unchosen_store_in_a_file_name_is_found(tmp_path: Path) -> None:
+    root = make_tree(tmp_path, {"src/app/store/sqlite.py": ""})
+
+    assert find_forbidden_mentions(root, "memory") == [
+        "src/app/store/sqlite.py: 'sqlite' in the name"
+    ]
+
+
+def test_tool_caches_are_not_part_of_the_render(tmp_path: Path) -> None:
+    root = make_tree(tmp_path, {".mypy_cache/3.11/sqlite3.json": "{{ sqlite }}"})
+
+    assert find_leftover_template_syntax(root) == []
+    assert find_forbidden_mentions(root, "memory") == []

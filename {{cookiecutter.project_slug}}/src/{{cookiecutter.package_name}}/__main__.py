@@ -1,0 +1,56 @@
+"""`python -m {{ cookiecutter.package_name }}`: serve the API and run the engine, as settings say."""
+
+import asyncio
+import logging
+import signal
+import sys
+
+import uvicorn
+from fastapi import FastAPI
+
+from .logs import configure_logging
+from .main import create_app
+from .settings import SettingsError, load_settings
+
+logger = logging.getLogger(__name__)
+
+
+def main() -> None:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        sys.exit(f"error: {exc}")
+    configure_logging(settings.log_level)
+    app = create_app(settings)
+    if settings.start_http:
+        logger.info("Starting server on port %d", settings.port)
+        # uvicorn re-raises SIGTERM once it has shut down gracefully; a drained shutdown is
+        # a success, so exit 0 then.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        uvicorn.run(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            log_level=settings.log_level,
+            # One line per request would drown the job events; a proxy can log requests.
+            access_log=False,
+        )
+    else:
+        asyncio.run(run_workers_only(app))
+
+
+async def run_workers_only(app: FastAPI) -> None:
+    """Run the engine without HTTP until SIGTERM or SIGINT, then drain like the server does."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with app.router.lifespan_context(app):
+        logger.info("Running workers only (START_HTTP=false)")
+        await stop.wait()
+        logger.info("Shutting down")
+
+
+if __name__ == "__main__":
+    main()

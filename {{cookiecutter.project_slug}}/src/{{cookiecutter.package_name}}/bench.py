@@ -1,0 +1,287 @@
+"""Benchmarks of this service: run `python -m <package>.bench` (README, "Performance").
+
+Measures, on this machine and with this render's job store:
+  1. POST /jobs throughput and latency against the real server, next to a bare endpoint in
+     the same app that parses and validates the same body but stores nothing;
+  2. end-to-end throughput of no-op jobs: enqueue N, run them all to completion;
+  3. wake-up latency of an idle engine: from the insert of one job to its handler starting;
+  4. GET /jobs?page=N and GET /stats with a large store (--large-store, default 1,000,000).
+Numbers vary with the machine; compare runs made on the same one.
+"""
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+{%- if cookiecutter.job_store == "sqlite" %}
+import tempfile
+{%- endif %}
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+import httpx
+import uvicorn
+from fastapi import Request
+
+from .api.errors import FastJSONResponse
+from .api.jobs import read_body
+from .api.validation import parse_new_job
+from .jobs.clock import SystemClock
+from .jobs.engine import Engine
+from .jobs.model import Job, JobStatus
+from .jobs.registry import TaskRegistry
+from .jobs.store import JobStore, NewJob, make_store
+from .main import create_app
+from .settings import Settings
+
+BARE_PATH = "/bench/bare"
+JOB_BODY = b'{"payload": {"task": "noop", "value": 42}}'
+{%- if cookiecutter.job_store == "sqlite" %}
+# Ingest alone (an API-only process), then the usual process that also runs the jobs.
+WORKER_MODES = (False, True)
+{%- else %}
+# This store needs the workers in the process that serves the API.
+WORKER_MODES = (True,)
+{%- endif %}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=20_000, help="HTTP requests per endpoint")
+    parser.add_argument("--connections", type=int, default=32, help="concurrent connections")
+    parser.add_argument("--jobs", type=int, default=50_000, help="jobs for the end-to-end run")
+    parser.add_argument("--wakeups", type=int, default=500, help="samples of wake-up latency")
+    parser.add_argument("--large-store", type=int, default=1_000_000, help="0 skips the run")
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve_with_bare_endpoint(args.serve)
+        return
+{%- if cookiecutter.job_store == "sqlite" %}
+    with tempfile.TemporaryDirectory() as scratch:
+        os.environ["DATABASE_URL"] = f"sqlite:///{scratch}/bench.db"
+        run_benchmarks(args)
+{%- else %}
+    run_benchmarks(args)
+{%- endif %}
+
+
+def run_benchmarks(args: argparse.Namespace) -> None:
+    # Job events would be a log line per job; the numbers are for the engine, not the terminal.
+    logging.getLogger().setLevel(logging.WARNING)
+    settings = Settings()
+    store_name = type(make_store(settings, SystemClock())).__name__
+    print(f"{store_name}, pool size {settings.worker_pool_size}, {os.cpu_count()} CPUs")
+    for workers in WORKER_MODES:
+        bench_http(args.requests, args.connections, workers=workers)
+    asyncio.run(bench_end_to_end(args.jobs))
+    asyncio.run(bench_wakeup(args.wakeups))
+    if args.large_store:
+        asyncio.run(bench_large_store(args.large_store))
+
+
+def serve_with_bare_endpoint(port: int) -> None:
+    """The service as `python -m` runs it, plus the bare endpoint to compare POST /jobs with."""
+    app = create_app(Settings())
+    counter = iter(range(1, sys.maxsize))
+
+    async def bare(request: Request) -> FastJSONResponse:
+        parse_new_job(await read_body(request))
+        return FastJSONResponse({"message": "Job accepted", "job_id": next(counter)}, 202)
+
+    app.add_api_route(BARE_PATH, bare, methods=["POST"])
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def bench_http(requests: int, connections: int, *, workers: bool) -> None:
+    label = "with workers running" if workers else "START_WORKERS=false"
+    print(f"\nPOST throughput, {connections} connections, {requests} requests each ({label})")
+    with running_server(workers) as port:
+        for path in (BARE_PATH, "/jobs", BARE_PATH, "/jobs"):
+            asyncio.run(post_load(port, path, requests // 10, connections))  # warm-up
+            seconds, latencies = asyncio.run(post_load(port, path, requests, connections))
+            p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+            rate = requests / seconds
+            print(f"  {path:12} {rate:8.0f} req/s   p50 {p50:6.2f} ms   p99 {p99:6.2f} ms")
+
+
+@contextmanager
+def running_server(workers: bool) -> Iterator[int]:
+    port = free_port()
+    env = {**os.environ, "START_WORKERS": str(workers).lower(), "LOG_LEVEL": "warning"}
+    command = [sys.executable, "-m", __spec__.name, "--serve", str(port)]
+    server = subprocess.Popen(command, env=env)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("the benchmark server did not start")
+            time.sleep(0.05)
+        yield port
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(30)
+
+
+async def post_load(
+    port: int, path: str, requests: int, connections: int
+) -> tuple[float, list[float]]:
+    """POST `requests` times over keep-alive connections: elapsed seconds, latencies in ms."""
+    request = (
+        f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(JOB_BODY)}\r\n\r\n"
+    ).encode() + JOB_BODY
+    remaining = requests
+    latencies: list[float] = []
+
+    async def client() -> None:
+        nonlocal remaining
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while remaining > 0:
+            remaining -= 1
+            started = time.perf_counter()
+            writer.write(request)
+            status = await reader.readline()
+            length = 0
+            while (header := await reader.readline()) not in (b"\r\n", b""):
+                if header.lower().startswith(b"content-length:"):
+                    length = int(header.split(b":")[1])
+            await reader.readexactly(length)
+            latencies.append((time.perf_counter() - started) * 1000)
+            if b" 202 " not in status:
+                raise RuntimeError(f"{path} answered {status!r}")
+        writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(connections)))
+    return time.perf_counter() - started, latencies
+
+
+async def bench_end_to_end(count: int) -> None:
+    settings = Settings()
+    store = make_store(settings, SystemClock())
+    await store.open()
+    try:
+        started = time.perf_counter()
+        for first in range(0, count, 1000):
+            batch = min(1000, count - first)
+            await store.insert_all_jobs([NewJob(payload={"task": "noop"})] * batch)
+        enqueued = time.perf_counter() - started
+        engine = new_engine(store, TaskRegistry(), settings)
+        started = time.perf_counter()
+        await engine.start()
+        await wait_for_done(store, count)
+        ran = time.perf_counter() - started
+        await engine.stop(0)
+    finally:
+        await store.close()
+    print(f"\nEnd to end, {count} no-op jobs, pool size {settings.worker_pool_size}")
+    print(f"  enqueue (batches of 1000)  {count / enqueued:8.0f} jobs/s")
+    print(f"  run to completion          {count / ran:8.0f} jobs/s")
+
+
+async def bench_wakeup(samples: int) -> None:
+    settings = Settings()
+    store = make_store(settings, SystemClock())
+    registry = TaskRegistry()
+    started_at: dict[int, float] = {}
+
+    @registry.task("probe")
+    async def probe(job: Job) -> None:
+        assert job.id is not None
+        started_at[job.id] = time.perf_counter()
+
+    await store.open()
+    engine = new_engine(store, registry, settings)
+    await engine.start()
+    latencies = []
+    try:
+        for _ in range(samples):
+            await asyncio.sleep(0.005)  # let the engine go idle
+            inserted = time.perf_counter()
+            job = await store.insert_job(NewJob(payload={"task": "probe"}))
+            assert job.id is not None
+            while job.id not in started_at:
+                await asyncio.sleep(0.0005)
+            latencies.append((started_at[job.id] - inserted) * 1000)
+    finally:
+        await engine.stop(0)
+        await store.close()
+    print(f"\nWake-up latency, insert to handler start, {samples} samples")
+    print(f"  p50 {percentile(latencies, 50):.2f} ms   p99 {percentile(latencies, 99):.2f} ms")
+
+
+async def bench_large_store(count: int) -> None:
+    """Time reads in-process (no network) with `count` jobs scheduled far ahead, so none runs."""
+    app = create_app(Settings())
+    later = SystemClock().now() + timedelta(days=365)
+    async with app.router.lifespan_context(app):
+        store: JobStore = app.state.store
+        for first in range(0, count, 10_000):
+            batch = [
+                NewJob(payload={"task": "noop", "n": first + n}, run_at=later)
+                for n in range(min(10_000, count - first))
+            ]
+            await store.insert_all_jobs(batch)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+            print(f"\nReads with {count} jobs in the store (median of 7 requests, in-process)")
+            last_page = count // 50
+            for url in (
+                "/stats",
+                "/jobs",
+                f"/jobs?page={last_page // 2}",
+                f"/jobs?page={last_page}",
+                f"/jobs?status=queued&page={last_page // 2}",
+                "/jobs?status=done",
+                f"/jobs/{count // 2}",
+            ):
+                timings = []
+                for _ in range(7):
+                    started = time.perf_counter()
+                    (await client.get(url)).raise_for_status()
+                    timings.append((time.perf_counter() - started) * 1000)
+                print(f"  GET {url:40} {statistics.median(timings):7.2f} ms")
+
+
+def new_engine(store: JobStore, registry: TaskRegistry, settings: Settings) -> Engine:
+    return Engine(
+        store,
+        registry,
+        SystemClock(),
+        pool_size=settings.worker_pool_size,
+        backoff_base=settings.retry_backoff_base,
+        backoff_max=settings.retry_backoff_max,
+    )
+
+
+async def wait_for_done(store: JobStore, count: int) -> None:
+    while (await store.count_jobs()).get(JobStatus.DONE, 0) < count:
+        await asyncio.sleep(0.01)
+
+
+def percentile(values: list[float], pct: int) -> float:
+    return statistics.quantiles(values, n=100)[pct - 1] if len(values) > 1 else values[0]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The job engine: model, store, workers and the tasks they run."""

@@ -1,0 +1,249 @@
+"""The worker pool: claims due jobs, runs their handlers, records results, retries failures."""
+
+import asyncio
+import logging
+import threading
+from collections.abc import Awaitable
+from contextlib import suppress
+from typing import Any
+
+from .backoff import next_attempt_at
+from .clock import Clock
+from .codec import EncodeError, dumps
+from .model import Job
+from .registry import Task, TaskRegistry
+from .store.base import JobStore
+
+logger = logging.getLogger(__name__)
+
+# Even with nothing to wake it, the dispatcher looks at the store this often, so that jobs
+# written by another process are found.
+POLL_INTERVAL = 1.0
+RESTART_DELAY_MAX = 30.0
+
+
+class Engine:
+    """Runs at most `pool_size` jobs at once; a new job wakes it at once, no polling delay."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        registry: TaskRegistry,
+        clock: Clock,
+        *,
+        pool_size: int,
+        backoff_base: float,
+        backoff_max: float,
+    ) -> None:
+        self._store = store
+        self._registry = registry
+        self._clock = clock
+        self._pool_size = pool_size
+        self._backoff = (backoff_base, backoff_max)
+        # Every claimed job until its outcome is recorded, for shutdown to wait on or release.
+        self._running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
+        # Handlers executing right now: what the pool size limits.
+        self._busy = 0
+        # Set whenever the dispatcher may have something to do: a new job, a free slot.
+        self._attention = asyncio.Event()
+        self._supervisor: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+        self._dispatching = False
+
+    @property
+    def is_running(self) -> bool:
+        """True while the dispatcher is alive and claiming jobs."""
+        return self._dispatching and self._supervisor is not None and not self._supervisor.done()
+
+    @property
+    def busy_workers(self) -> int:
+        return self._busy
+
+    def wake(self) -> None:
+        """Tell the dispatcher that new jobs may be due."""
+        self._attention.set()
+
+    async def start(self) -> None:
+        """Requeue what a dead predecessor left running, then start claiming jobs."""
+        if rescued := await self._store.rescue_orphaned_jobs():
+            logger.warning("Requeued %d jobs left running by a stopped worker", rescued)
+        self._store.subscribe(self.wake)
+        self._dispatching = True
+        self._supervisor = asyncio.create_task(self._supervise(), name="job-dispatcher")
+        logger.info("Worker started (pool size %d)", self._pool_size)
+
+    async def stop(self, grace: float) -> None:
+        """Stop claiming, give running jobs `grace` seconds, then requeue the unfinished ones."""
+        # The dispatcher stops at its next wait rather than being cancelled: cancelled in the
+        # middle of a claim, it would leave the claimed jobs running with no one to run them.
+        self._stopping.set()
+        self._attention.set()
+        if self._supervisor is not None:
+            await self._supervisor
+        self._dispatching = False
+        running = dict(self._running)
+        if not running:
+            return
+        logger.info("Waiting up to %.0fs for %d running jobs", grace, len(running))
+        tasks = [task for _, task in running.values()]
+        _, unfinished = await asyncio.wait(tasks, timeout=grace) if grace > 0 else ((), tasks)
+        for task in unfinished:
+            task.cancel()
+        await asyncio.gather(*unfinished, return_exceptions=True)
+        released = [job for job, task in running.values() if task in unfinished]
+        if released:
+            await self._store.release_jobs(released)
+            logger.info("Released %d unfinished jobs back to the queue", len(released))
+
+    async def _supervise(self) -> None:
+        # A crashed dispatcher is restarted with growing pauses; /health reports it meanwhile.
+        delay = 0.1
+        while not self._stopping.is_set():
+            try:
+                await self._dispatch()
+            except Exception:
+                self._dispatching = False
+                logger.exception("Job dispatcher crashed; restarting in %.1fs", delay)
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), delay)
+                delay = min(delay * 2, RESTART_DELAY_MAX)
+
+    async def _dispatch(self) -> None:
+        while not self._stopping.is_set():
+            self._attention.clear()
+            free = self._pool_size - self._busy
+            timeout: float | None = None
+            if free > 0:
+                claimed = await self._store.fetch_jobs(free)
+                self._dispatching = True
+                for job in claimed:
+                    self._start(job)
+                if len(claimed) == free:
+                    continue
+                timeout = await self._seconds_until_next_due()
+            if timeout is None or timeout > 0:
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(self._attention.wait(), timeout)
+
+    async def _seconds_until_next_due(self) -> float:
+        next_run_at = await self._store.next_run_at()
+        if next_run_at is None:
+            return POLL_INTERVAL
+        wait = (next_run_at - self._clock.now()).total_seconds()
+        return min(max(wait, 0.0), POLL_INTERVAL)
+
+    def _start(self, job: Job) -> None:
+        assert job.id is not None
+        task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+        self._running[job.id] = (job, task)
+        self._busy += 1
+
+    async def _run(self, job: Job) -> None:
+        assert job.id is not None
+        logger.info("Executing job %d", job.id)
+        result: Any = None
+        error: str | None = None
+        try:
+            try:
+                result = await self._execute(self._registry.resolve(job), job)
+                dumps(result)
+            except asyncio.CancelledError:
+                raise
+            except EncodeError as exc:
+                error = f"result is not JSON-serialisable: {exc}"
+            except BaseException as exc:  # a handler must never take its worker down with it
+                error = _describe(exc)
+            finally:
+                # The slot frees as soon as the handler returns, so that the next claim can
+                # share a commit with this job's outcome.
+                self._busy -= 1
+                self._attention.set()
+            if error is None:
+                await self._store.complete_job(job, result)
+                logger.info("Job %d completed successfully", job.id)
+            else:
+                await self._record_failure(job, error)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("Could not record the outcome of job %d", job.id)
+        finally:
+            del self._running[job.id]
+
+    async def _execute(self, task: Task, job: Job) -> Any:
+        outcome: Awaitable[Any] = task.handler(job) if task.is_async else _run_in_thread(task, job)
+        # asyncio.timeout, unlike wait_for, keeps the handler in this task, where _run catches
+        # whatever it raises: a SystemExit escaping a task of its own would stop the loop.
+        deadline = asyncio.timeout(task.timeout)
+        try:
+            async with deadline:
+                return await outcome
+        except TimeoutError:
+            if deadline.expired():
+                raise TimeoutError(f"task exceeded its timeout of {task.timeout:g}s") from None
+            raise
+
+    async def _record_failure(self, job: Job, error: str) -> None:
+        base, cap = self._backoff
+        retry_at = next_attempt_at(self._clock.now(), job.attempt, base, cap, job.max_attempts)
+        await self._store.error_job(job, error, retry_at)
+        if retry_at is None:
+            logger.error(
+                "Job %d failed: %s (attempt %d of %d, giving up)",
+                job.id,
+                error,
+                job.attempt,
+                job.max_attempts,
+            )
+        else:
+            delay = (retry_at - self._clock.now()).total_seconds()
+            logger.error(
+                "Job %d failed: %s (attempt %d of %d, retrying in %.1fs)",
+                job.id,
+                error,
+                job.attempt,
+                job.max_attempts,
+                delay,
+            )
+
+
+class _StopIterationInHandler(Exception):
+    """Carries a handler's StopIteration, which an asyncio future refuses to hold (PEP 479)."""
+
+    def __init__(self, original: StopIteration) -> None:
+        super().__init__(original)
+        self.original = original
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, _StopIterationInHandler):
+        exc = exc.original
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _run_in_thread(task: Task, job: Job) -> "asyncio.Future[Any]":
+    """Run a sync handler in a daemon thread, so one that never returns cannot block exit."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():  # cancelled at shutdown or after a timeout
+            return
+        if error is None:
+            future.set_result(result)
+        elif isinstance(error, StopIteration):
+            future.set_exception(_StopIterationInHandler(error))
+        else:
+            future.set_exception(error)
+
+    def target() -> None:
+        try:
+            result, error = task.handler(job), None
+        except BaseException as exc:
+            result, error = None, exc
+        with suppress(RuntimeError):  # the loop is already closed: nobody is waiting
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=target, name=f"job-{job.id}", daemon=True).start()
+    return future

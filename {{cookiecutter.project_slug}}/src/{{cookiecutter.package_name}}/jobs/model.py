@@ -1,0 +1,91 @@
+"""The job table and its JSON shape."""
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Dialect, {% if cookiecutter.job_store == "sqlite" %}Index, {% endif %}String, TypeDecorator{% if cookiecutter.job_store == "sqlite" %}, text{% endif %}
+from sqlmodel import Field, SQLModel
+
+from .clock import isoformat_z
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stores moments as naive UTC and hands them back timezone-aware, whatever the database."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Job(SQLModel):
+    """One unit of work and everything that happened to it."""
+
+    id: int | None = Field(default=None, primary_key=True)
+    payload: dict[str, Any] = Field(sa_type=JSON)
+    status: JobStatus = Field(default=JobStatus.QUEUED, sa_type=String(16))
+    # Attempts started so far, including the running one.
+    attempt: int = 0
+    max_attempts: int = 3
+    run_at: datetime = Field(sa_type=UTCDateTime)
+    inserted_at: datetime = Field(sa_type=UTCDateTime)
+    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    result: Any = Field(default=None, sa_type=JSON)
+    # One error text per failed attempt, oldest first.
+    errors: list[str] = Field(default_factory=list, sa_type=JSON)
+
+    @property
+    def task_name(self) -> str | None:
+        name = self.payload.get("task")
+        return name if isinstance(name, str) else None
+
+{%- if cookiecutter.job_store != "memory" %}
+
+
+class JobRow(Job, table=True):
+    """The table jobs are kept in. Engine and API pass `Job` around: rows are for stores."""
+
+    __tablename__ = "jobs"
+{%- if cookiecutter.job_store == "sqlite" %}
+    __table_args__ = (
+        # Claiming reads only queued jobs, oldest run_at first: a partial index keeps that a
+        # short walk however many finished jobs pile up.
+        Index("ix_jobs_due", "run_at", "id", sqlite_where=text("status = 'queued'")),
+        # Listing is newest first, optionally by status.
+        Index("ix_jobs_newest", "inserted_at", "id"),
+        Index("ix_jobs_status_newest", "status", "inserted_at", "id"),
+    )
+{%- endif %}
+{%- endif %}
+
+
+def job_to_json(job: Job) -> dict[str, Any]:
+    """The job as the API shows it: integer id, UTC timestamps with `Z`, null when unknown."""
+    return {
+        "id": job.id,
+        "payload": job.payload,
+        "status": str(job.status),
+        "attempt": job.attempt,
+        "max_attempts": job.max_attempts,
+        "run_at": isoformat_z(job.run_at),
+        "inserted_at": isoformat_z(job.inserted_at),
+        "started_at": job.started_at and isoformat_z(job.started_at),
+        "finished_at": job.finished_at and isoformat_z(job.finished_at),
+        "result": job.result,
+        "errors": job.errors,
+    }

@@ -1,0 +1,58 @@
+"""Which function runs a job: handlers are looked up by the job's `payload["task"]`."""
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .clock import SystemClock, isoformat_z
+from .model import Job
+
+Handler = Callable[[Job], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    name: str
+    handler: Handler
+    # Seconds an attempt may take before it counts as failed; None means no limit.
+    timeout: float | None = None
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.handler)
+
+
+async def complete_any_job(job: Job) -> dict[str, Any]:
+    """The handler for jobs whose task has no handler of its own: it simply completes them."""
+    return {
+        "status": "completed",
+        "job_id": job.id,
+        "processed_at": isoformat_z(SystemClock().now()),
+    }
+
+
+class TaskRegistry:
+    """Handlers by task name, plus the default handler for every other job."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, Task] = {}
+        self.default = Task("default", complete_any_job)
+
+    def task(self, name: str, *, timeout: float | None = None) -> Callable[[Handler], Handler]:
+        """Register the decorated function (sync or async, taking the Job) for task `name`."""
+        if timeout is not None and timeout <= 0:
+            raise ValueError(f"timeout of task {name!r} must be positive, got {timeout}")
+
+        def register(handler: Handler) -> Handler:
+            if name in self._tasks:
+                raise ValueError(f"task {name!r} is already registered")
+            self._tasks[name] = Task(name, handler, timeout)
+            return handler
+
+        return register
+
+    def resolve(self, job: Job) -> Task:
+        """The task that runs `job`: its own, or the default one."""
+        name = job.task_name
+        return self._tasks.get(name, self.default) if name is not None else self.default

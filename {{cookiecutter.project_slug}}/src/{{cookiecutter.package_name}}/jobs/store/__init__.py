@@ -1,0 +1,21 @@
+"""Job stores: the protocol and the store this service was generated with."""
+
+from ...settings import Settings
+from ..clock import Clock
+from .base import JobStore, NewJob, StoreUnavailable
+{%- if cookiecutter.job_store == "sqlite" %}
+from .sqlite import SqliteJobStore
+{%- elif cookiecutter.job_store == "memory" %}
+from .memory import MemoryJobStore
+{%- endif %}
+
+__all__ = ["JobStore", "NewJob", "StoreUnavailable", "make_store"]
+
+
+def make_store(settings: Settings, clock: Clock) -> JobStore:
+    """The job store the settings describe."""
+{%- if cookiecutter.job_store == "sqlite" %}
+    return SqliteJobStore(settings.database_url, clock)
+{%- elif cookiecutter.job_store == "memory" %}
+    return MemoryJobStore(clock)
+{%- endif %}

@@ -1,0 +1,85 @@
+"""Builds the application: routes, error handling, and the lifespan that runs the engine."""
+
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from .api import jobs, system
+from .api.errors import FastJSONResponse, install_error_handlers
+from .jobs.clock import Clock, SystemClock
+from .jobs.engine import Engine
+from .jobs.registry import TaskRegistry
+from .jobs.store import make_store
+from .jobs.tasks import registry as default_registry
+from .logs import configure_logging
+from .settings import Settings, SettingsError, load_settings
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    registry: TaskRegistry | None = None,
+) -> FastAPI:
+    """The service for `settings`; the store opens and the engine starts with the lifespan."""
+    clock = clock or SystemClock()
+    store = make_store(settings, clock)
+    engine = None
+    if settings.start_workers:
+        engine = Engine(
+            store,
+            registry or default_registry,
+            clock,
+            pool_size=settings.worker_pool_size,
+            backoff_base=settings.retry_backoff_base,
+            backoff_max=settings.retry_backoff_max,
+        )
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await store.open()
+        try:
+            if engine is not None:
+                await engine.start()
+            yield
+            if engine is not None:
+                await engine.stop(settings.shutdown_grace)
+        finally:
+            await store.close()
+
+    app = FastAPI(
+        title={{ cookiecutter.project_name | jsonify }},
+        description={{ cookiecutter.description | jsonify }},
+        lifespan=lifespan,
+        default_response_class=FastJSONResponse,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.engine = engine
+    install_error_handlers(app)
+    app.include_router(system.router)
+    app.include_router(jobs.router)
+    return app
+
+
+def create_app_from_environment() -> FastAPI:
+    """The app as `uvicorn {{ cookiecutter.package_name }}.main:app` runs it; bad settings exit."""
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        sys.exit(f"error: {exc}")
+    configure_logging(settings.log_level)
+    return create_app(settings)
+
+
+def __getattr__(name: str) -> FastAPI:
+    # `uvicorn {{ cookiecutter.package_name }}.main:app` asks for `app`; building it only then keeps
+    # a plain import of this module (by tests, `python -m`, the benchmarks) free of side
+    # effects such as reading the environment and configuring logging.
+    if name == "app":
+        app = create_app_from_environment()
+        globals()["app"] = app
+        return app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,80 @@
+"""Every knob of the service, read once from the environment (and a `.env` file)."""
+
+{% if cookiecutter.job_store == "sqlite" -%}
+from pathlib import Path
+{% endif -%}
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class SettingsError(Exception):
+    """A setting has a value the service cannot run with."""
+
+
+class Settings(BaseSettings):
+    """Service settings; each field is the environment variable of the same name, upper-cased."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    host: str = "0.0.0.0"
+    port: Annotated[int, Field(ge=1, le=65535)] = {{ cookiecutter.port }}
+    # Jobs executed at once by this process.
+    worker_pool_size: Annotated[int, Field(ge=1, le=1024)] = {{ cookiecutter.worker_count }}
+{%- if cookiecutter.job_store == "sqlite" %}
+    # Where the SQLite file lives; relative paths are relative to the working directory.
+    database_url: str = "sqlite:///./jobs.db"
+{%- endif %}
+    start_http: bool = True
+    start_workers: bool = True
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    # Backoff before retry n is min(base * 2 ** (n - 1), max) seconds, with jitter.
+    retry_backoff_base: PositiveSeconds = 1.0
+    retry_backoff_max: PositiveSeconds = 300.0
+    # How long SIGTERM waits for running jobs before releasing them back to the queue.
+    shutdown_grace: Annotated[float, Field(ge=0)] = 25.0
+    max_body_bytes: Annotated[int, Field(ge=1)] = 1_048_576
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> "Settings":
+        if not (self.start_http or self.start_workers):
+            raise ValueError("START_HTTP and START_WORKERS are both false: nothing to run")
+        if self.retry_backoff_max < self.retry_backoff_base:
+            raise ValueError("RETRY_BACKOFF_MAX must be at least RETRY_BACKOFF_BASE")
+{%- if cookiecutter.job_store == "sqlite" %}
+        if not self.database_url.startswith("sqlite:///"):
+            raise ValueError("DATABASE_URL must look like sqlite:///path/to/jobs.db")
+        path = self.database_url.removeprefix("sqlite:///")
+        if not path or path.startswith(":memory:"):
+            raise ValueError("DATABASE_URL must name a database file")
+        if not Path(path).parent.is_dir():
+            raise ValueError(f"DATABASE_URL: the directory {Path(path).parent} does not exist")
+{%- elif cookiecutter.job_store == "memory" %}
+        if not (self.start_http and self.start_workers):
+            # No other process can see this process's jobs.
+            raise ValueError("the memory store needs START_HTTP and START_WORKERS both true")
+{%- endif %}
+        return self
+
+
+def load_settings() -> Settings:
+    """Read the settings, turning validation errors into one line that names the variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        message = error["msg"].removeprefix("Value error, ")
+        if error["loc"]:
+            variable = str(error["loc"][0]).upper()
+            problems.append(f"{variable}={error.get('input')!r} is invalid: {message}")
+        else:
+            problems.append(message)
+    return "; ".join(problems)

@@ -1,0 +1,164 @@
+"""Settings come from the environment; a bad one stops start-up with one line naming it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from {{ cookiecutter.package_name }}.settings import Settings, SettingsError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def empty_working_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No `.env` file but the one a test writes; the environment is cleaned by conftest."""
+    monkeypatch.chdir(tmp_path)
+
+
+def test_defaults_are_the_documented_ones_and_the_template_answers() -> None:
+    settings = load_settings()
+
+    assert settings.host == "0.0.0.0"
+    assert settings.port == {{ cookiecutter.port }}
+    assert settings.worker_pool_size == {{ cookiecutter.worker_count }}
+{%- if cookiecutter.job_store == "sqlite" %}
+    assert settings.database_url == "sqlite:///./jobs.db"
+{%- endif %}
+    assert (settings.start_http, settings.start_workers) == (True, True)
+    assert settings.log_level == "info"
+    assert (settings.retry_backoff_base, settings.retry_backoff_max) == (1.0, 300.0)
+    assert settings.shutdown_grace == 25.0
+    assert settings.max_body_bytes == 1_048_576
+
+
+def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PORT", "9123")
+    monkeypatch.setenv("WORKER_POOL_SIZE", "7")
+    monkeypatch.setenv("LOG_LEVEL", "debug")
+    monkeypatch.setenv("RETRY_BACKOFF_BASE", "0.5")
+    monkeypatch.setenv("SHUTDOWN_GRACE", "0")
+    monkeypatch.setenv("MAX_BODY_BYTES", "1024")
+{%- if cookiecutter.job_store == "sqlite" %}
+    monkeypatch.setenv("DATABASE_URL", "sqlite:////var/lib/jobs/jobs.db")
+{%- endif %}
+
+    settings = load_settings()
+
+    assert (settings.port, settings.worker_pool_size) == (9123, 7)
+    assert settings.log_level == "debug"
+    assert settings.retry_backoff_base == 0.5
+    assert settings.shutdown_grace == 0.0
+    assert settings.max_body_bytes == 1024
+{%- if cookiecutter.job_store == "sqlite" %}
+    assert settings.database_url == "sqlite:////var/lib/jobs/jobs.db"
+{%- endif %}
+
+
+def test_a_dotenv_file_is_read_and_the_environment_wins_over_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text("WORKER_POOL_SIZE=9\nPORT=9001\n")
+    monkeypatch.setenv("PORT", "9002")
+
+    settings = load_settings()
+
+    assert (settings.worker_pool_size, settings.port) == (9, 9002)
+
+
+def test_keyword_overrides_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WORKER_POOL_SIZE", "7")
+
+    assert Settings(worker_pool_size=2).worker_pool_size == 2
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PORT", "abc"),
+        ("PORT", "70000"),
+        ("PORT", "0"),
+        ("WORKER_POOL_SIZE", "0"),
+        ("WORKER_POOL_SIZE", "many"),
+        ("RETRY_BACKOFF_BASE", "-1"),
+        ("RETRY_BACKOFF_BASE", "0"),
+        ("RETRY_BACKOFF_MAX", "0.5"),
+        ("SHUTDOWN_GRACE", "-1"),
+        ("MAX_BODY_BYTES", "0"),
+        ("START_HTTP", "maybe"),
+        ("START_WORKERS", "2"),
+        ("LOG_LEVEL", "loud"),
+{%- if cookiecutter.job_store == "sqlite" %}
+        ("DATABASE_URL", "mysql://localhost/jobs"),
+{%- endif %}
+    ],
+)
+def test_a_bad_value_raises_settings_error_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
+    monkeypatch.setenv(variable, value)
+
+    with pytest.raises(SettingsError) as raised:
+        load_settings()
+
+    message = str(raised.value)
+    assert variable in message
+    assert "\n" not in message
+
+
+{%- if cookiecutter.job_store == "memory" %}
+
+
+@pytest.mark.parametrize("variable", ["START_HTTP", "START_WORKERS"])
+def test_http_and_workers_cannot_run_in_separate_processes_sharing_no_jobs(
+    monkeypatch: pytest.MonkeyPatch, variable: str
+) -> None:
+    monkeypatch.setenv(variable, "false")
+
+    with pytest.raises(SettingsError, match="START_HTTP and START_WORKERS"):
+        load_settings()
+{%- else %}
+
+
+@pytest.mark.parametrize(
+    ("variable", "http", "workers"),
+    [("START_HTTP", False, True), ("START_WORKERS", True, False)],
+)
+def test_http_and_workers_can_run_in_separate_processes(
+    monkeypatch: pytest.MonkeyPatch, variable: str, http: bool, workers: bool
+) -> None:
+    monkeypatch.setenv(variable, "false")
+
+    settings = load_settings()
+
+    assert (settings.start_http, settings.start_workers) == (http, workers)
+{%- endif %}
+
+
+def test_turning_off_both_http_and_workers_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("START_HTTP", "false")
+    monkeypatch.setenv("START_WORKERS", "false")
+
+    with pytest.raises(SettingsError, match="START_HTTP and START_WORKERS"):
+        load_settings()
+
+
+def test_a_bad_setting_stops_start_up_with_one_line_and_no_traceback(
+    service_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {**service_env, "PORT": "abc"}
+
+    finished = subprocess.run(
+        [sys.executable, "-m", "{{ cookiecutter.package_name }}"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+    assert finished.returncode != 0
+    lines = finished.stderr.splitlines()
+    assert len(lines) == 1, finished.stderr
+    assert "PORT" in lines[0]
+    assert "Traceback" not in finished.stderr
