@@ -31,7 +31,7 @@ def test_defaults_are_the_documented_ones_and_the_template_answers() -> None:
     assert settings.max_body_bytes == 1_048_576
 
 
-def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PORT", "9123")
     monkeypatch.setenv("WORKER_POOL_SIZE", "7")
     monkeypatch.setenv("LOG_LEVEL", "debug")
@@ -39,7 +39,7 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.setenv("SHUTDOWN_GRACE", "0")
     monkeypatch.setenv("MAX_BODY_BYTES", "1024")
 {%- if cookiecutter.job_store == "sqlite" %}
-    monkeypatch.setenv("DATABASE_URL", "sqlite:////var/lib/jobs/jobs.db")
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/jobs.db")
 {%- endif %}
 
     settings = load_settings()
@@ -50,7 +50,7 @@ def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch) -> None
     assert settings.shutdown_grace == 0.0
     assert settings.max_body_bytes == 1024
 {%- if cookiecutter.job_store == "sqlite" %}
-    assert settings.database_url == "sqlite:////var/lib/jobs/jobs.db"
+    assert settings.database_url == f"sqlite:///{tmp_path}/jobs.db"
 {%- endif %}
 
 
@@ -63,6 +63,12 @@ def test_a_dotenv_file_is_read_and_the_environment_wins_over_it(
     settings = load_settings()
 
     assert (settings.worker_pool_size, settings.port) == (9, 9002)
+
+
+def test_log_level_is_read_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LOG_LEVEL", "WARNING")
+
+    assert load_settings().log_level == "warning"
 
 
 def test_keyword_overrides_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -89,6 +95,8 @@ def test_keyword_overrides_win_over_the_environment(monkeypatch: pytest.MonkeyPa
         ("LOG_LEVEL", "loud"),
 {%- if cookiecutter.job_store == "sqlite" %}
         ("DATABASE_URL", "mysql://localhost/jobs"),
+        ("DATABASE_URL", "sqlite:////no/such/directory/jobs.db"),
+        ("DATABASE_URL", "sqlite:///:memory:"),
 {%- endif %}
     ],
 )

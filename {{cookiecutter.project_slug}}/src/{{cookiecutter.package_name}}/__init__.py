@@ -1,1 +1,1 @@
-"""The {{ cookiecutter.package_name }} service: a FastAPI API in front of a background-job engine."""
+"""A FastAPI service in front of a background-job engine."""

@@ -1,4 +1,4 @@
-"""`python -m {{ cookiecutter.package_name }}`: serve the API and run the engine, as settings say."""
+"""`python -m <package>`: serve the API and run the engine, as the settings say."""
 
 import asyncio
 import logging

@@ -6,6 +6,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from .about import DESCRIPTION, TITLE
 from .api import jobs, system
 from .api.errors import FastJSONResponse, install_error_handlers
 from .jobs.clock import Clock, SystemClock
@@ -50,8 +51,8 @@ def create_app(
             await store.close()
 
     app = FastAPI(
-        title={{ cookiecutter.project_name | jsonify }},
-        description={{ cookiecutter.description | jsonify }},
+        title=TITLE,
+        description=DESCRIPTION,
         lifespan=lifespan,
         default_response_class=FastJSONResponse,
     )
@@ -65,7 +66,7 @@ def create_app(
 
 
 def create_app_from_environment() -> FastAPI:
-    """The app as `uvicorn {{ cookiecutter.package_name }}.main:app` runs it; bad settings exit."""
+    """The app as `uvicorn <package>.main:app` runs it; bad settings exit."""
     try:
         settings = load_settings()
     except SettingsError as exc:
@@ -75,7 +76,7 @@ def create_app_from_environment() -> FastAPI:
 
 
 def __getattr__(name: str) -> FastAPI:
-    # `uvicorn {{ cookiecutter.package_name }}.main:app` asks for `app`; building it only then keeps
+    # `uvicorn <package>.main:app` asks for `app`; building it only then keeps
     # a plain import of this module (by tests, `python -m`, the benchmarks) free of side
     # effects such as reading the environment and configuring logging.
     if name == "app":

@@ -5,7 +5,7 @@ from pathlib import Path
 {% endif -%}
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     # How long SIGTERM waits for running jobs before releasing them back to the queue.
     shutdown_grace: Annotated[float, Field(ge=0)] = 25.0
     max_body_bytes: Annotated[int, Field(ge=1)] = 1_048_576
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lowercase_log_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _check_consistency(self) -> "Settings":

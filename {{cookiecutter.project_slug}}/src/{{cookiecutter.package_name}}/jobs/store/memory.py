@@ -2,7 +2,7 @@
 
 import heapq
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from ..clock import Clock
@@ -20,6 +20,7 @@ class MemoryJobStore:
         self._due: list[tuple[datetime, int]] = []
         self._counts = dict.fromkeys(JobStatus, 0)
         self._listeners: list[Callable[[], None]] = []
+        self._last_inserted_at = datetime.min.replace(tzinfo=UTC)
 
     async def open(self) -> None:
         pass
@@ -37,7 +38,10 @@ class MemoryJobStore:
         return (await self.insert_all_jobs([new_job]))[0]
 
     async def insert_all_jobs(self, new_jobs: Sequence[NewJob]) -> list[Job]:
-        now = self._clock.now()
+        # Never older than the last insert, even if the wall clock steps back: listing by id
+        # is then listing by insertion time.
+        now = max(self._clock.now(), self._last_inserted_at)
+        self._last_inserted_at = now
         inserted = []
         for new_job in new_jobs:
             job_id = len(self._jobs) + 1
@@ -115,6 +119,13 @@ class MemoryJobStore:
 
     async def list_jobs(self, status: JobStatus | None, limit: int, offset: int) -> list[Job]:
         # Ids grow with insertion time here, so newest first is highest id first.
+        if status is None:
+            newest = len(self._jobs) - offset
+            return [
+                self._jobs[job_id].model_copy()
+                for job_id in range(newest, newest - limit, -1)
+                if job_id > 0
+            ]
         page = []
         skipped = 0
         for job_id in range(len(self._jobs), 0, -1):
