@@ -133,22 +133,29 @@ class SqliteJobStore:
 
     async def insert_all_jobs(self, new_jobs: Sequence[NewJob]) -> list[Job]:
         now = self._clock.now()
-        inserted = [
+        now_in_db = _to_db(now)
+        rows = [
+            (
+                dumps(new_job.payload),
+                new_job.max_attempts,
+                _to_db(new_job.run_at) if new_job.run_at else now_in_db,
+                now_in_db,
+            )
+            for new_job in new_jobs
+        ]
+        ids = await self._writer.write(_insert_jobs, rows)
+        for notify in self._listeners:
+            notify()
+        return [
             Job(
+                id=job_id,
                 payload=new_job.payload,
                 max_attempts=new_job.max_attempts,
                 run_at=new_job.run_at or now,
                 inserted_at=now,
             )
-            for new_job in new_jobs
+            for new_job, job_id in zip(new_jobs, ids, strict=True)
         ]
-        rows = [_insert_params(job) for job in inserted]
-        ids = await self._writer.write(_insert_jobs, rows)
-        for job, job_id in zip(inserted, ids, strict=True):
-            job.id = job_id
-        for notify in self._listeners:
-            notify()
-        return inserted
 
     async def fetch_jobs(self, limit: int) -> list[Job]:
         return await self._writer.write(_claim_jobs, (limit, self._clock.now()))
@@ -231,12 +238,6 @@ class SqliteJobStore:
 
 # The functions below run on the writer thread, inside the transaction of a group commit.
 # Each takes the items of every caller in the group and returns one result per item.
-
-
-def _insert_params(job: Job) -> Row:
-    inserted_at = _to_db(job.inserted_at)
-    run_at = inserted_at if job.run_at == job.inserted_at else _to_db(job.run_at)
-    return (dumps(job.payload), job.max_attempts, run_at, inserted_at)
 
 
 def _insert_jobs(conn: sqlite3.Connection, batches: list[list[Row]]) -> list[range]:
