@@ -1,9 +1,9 @@
-"""The SQLite job store: one file in WAL mode, every write group-committed by one thread.
+"""The SQLite job store: one file in WAL mode, every write group-committed on one connection.
 
-Writes (inserts, claims, outcomes) queue up for a single writer thread. Whatever queues while
-one transaction commits goes into the next, so a burst of requests costs one commit instead of
-one each, and there is never a second writer to meet "database is locked". Reads run on their
-own connections, which WAL lets proceed while the writer works.
+Writes (inserts, claims, outcomes) go through one connection, group-committed: whatever queues
+while one transaction commits goes into the next, so a burst of requests costs one commit
+instead of one each, and there is never a second writer to meet "database is locked". Reads
+run in threads on their own connections, which WAL lets proceed while the writer works.
 
 The table comes from the SQLModel model; the statements are SQL text on the driver's
 connection, because the ORM's per-statement overhead was most of the cost of a job (the
@@ -27,6 +27,7 @@ from ..clock import Clock
 from ..codec import dumps
 from ..model import Job, JobRow, JobStatus
 from .base import LOST_WORKER_STOPPED, NewJob, StoreUnavailable
+from .group_commit import Group, GroupCommitter
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -107,7 +108,8 @@ class SqliteJobStore:
         self._clock = clock
         self._listeners: list[Callable[[], None]] = []
         self._engine = _create_engine(database_url)
-        self._writer = _GroupCommitWriter(self._engine)
+        self._writer = GroupCommitter(self._commit)
+        self._write_connection: Any = None
         self._checkpointer: asyncio.Task[None]
 
     async def open(self) -> None:
@@ -118,7 +120,9 @@ class SqliteJobStore:
         self._checkpointer.cancel()
         with suppress(asyncio.CancelledError):
             await self._checkpointer
-        await self._writer.close()
+        await self._writer.drain()
+        if self._write_connection is not None:
+            self._write_connection.close()
         await self._checkpoint()
         self._engine.dispose()
 
@@ -158,7 +162,8 @@ class SqliteJobStore:
         ]
 
     async def fetch_jobs(self, limit: int) -> list[Job]:
-        return await self._writer.write(_claim_jobs, (limit, self._clock.now()))
+        claimed: list[Job] = await self._writer.write(_claim_jobs, (limit, self._clock.now()))
+        return claimed
 
     async def complete_job(self, job: Job, result: Any) -> None:
         change = (dumps(result), _to_db(self._clock.now()), job.id)
@@ -180,7 +185,8 @@ class SqliteJobStore:
     async def rescue_orphaned_jobs(self) -> int:
         # Only one process runs workers on a SQLite file, so at start-up every running job
         # belongs to a process that has died.
-        return await self._writer.write(_rescue_running_jobs, _to_db(self._clock.now()))
+        rescued: int = await self._writer.write(_rescue_running_jobs, _to_db(self._clock.now()))
+        return rescued
 
     async def next_run_at(self) -> datetime | None:
         row = await self._read(lambda conn: conn.execute(NEXT_RUN_AT).fetchone())
@@ -202,6 +208,32 @@ class SqliteJobStore:
     async def count_jobs(self) -> dict[JobStatus, int]:
         rows = await self._read(lambda conn: conn.execute(COUNT_JOBS).fetchall())
         return {JobStatus(status): n for status, n in rows}
+
+    async def _commit(self, group: Group) -> Group:
+        """Run a group of writes in one transaction.
+
+        On the event loop's own thread: a group takes a fraction of a millisecond, and a
+        writer thread was slower, trading the GIL with the loop around every SQLite call.
+        What can take long, the fsync of a checkpoint, happens elsewhere.
+        """
+        with _store_errors():
+            if self._write_connection is None:
+                self._write_connection = self._engine.raw_connection()
+                # Checkpoints would stall the event loop on fsync: they run elsewhere.
+                self._write_connection.driver_connection.execute("PRAGMA wal_autocheckpoint = 0")
+            conn = cast(sqlite3.Connection, self._write_connection.driver_connection)
+            # IMMEDIATE takes the write lock up front: a second process using the same file
+            # waits its turn (busy_timeout) instead of failing half-way through.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                results = {
+                    batch: cast(WriteBatch, batch)(conn, items) for batch, items in group.items()
+                }
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return results
 
     async def _checkpoint_periodically(self) -> None:
         """Copy the WAL into the database file now and then, off the event loop's thread."""
@@ -312,82 +344,6 @@ def _job_from_row(row: Row) -> Job:
         result=orjson.loads(row[9]) if row[9] is not None else None,
         errors=orjson.loads(row[10]),
     )
-
-
-class _GroupCommitWriter:
-    """Applies writes on one connection, committing every group of queued writes once.
-
-    Commits run on the event loop's own thread. A group takes a fraction of a millisecond,
-    and a writer thread was slower: it and the loop took turns holding the GIL around every
-    SQLite call. What can take long, the fsync of a checkpoint, happens elsewhere
-    (SqliteJobStore._checkpoint_periodically).
-    """
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._connection: Any = None
-        self._pending: dict[WriteBatch, list[tuple[Any, asyncio.Future[Any]]]] = {}
-        self._flusher: asyncio.Task[None] | None = None
-        self.commits = 0
-
-    async def write(
-        self, apply: Callable[[sqlite3.Connection, list[Any]], list[T]], item: Any
-    ) -> T:
-        """Queue `item` for `apply` and wait until the transaction holding it has committed."""
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending.setdefault(apply, []).append((item, future))
-        if self._flusher is None:
-            self._flusher = asyncio.create_task(self._flush_until_idle())
-        return await future
-
-    async def close(self) -> None:
-        if self._flusher is not None:
-            await self._flusher
-        if self._connection is not None:
-            self._connection.close()
-
-    async def _flush_until_idle(self) -> None:
-        try:
-            while self._pending:
-                # Let every task that is ready to run queue its write first: they share a commit.
-                await asyncio.sleep(0)
-                group, self._pending = self._pending, {}
-                try:
-                    results = self._commit(group)
-                except Exception as exc:
-                    for waiters in group.values():
-                        for _, future in waiters:
-                            if not future.done():
-                                future.set_exception(exc)
-                    continue
-                for apply, waiters in group.items():
-                    for (_, future), result in zip(waiters, results[apply], strict=True):
-                        if not future.done():
-                            future.set_result(result)
-        finally:
-            self._flusher = None
-
-    def _commit(self, group: dict[WriteBatch, list[tuple[Any, Any]]]) -> dict[WriteBatch, Any]:
-        with _store_errors():
-            if self._connection is None:
-                self._connection = self._engine.raw_connection()
-                # Checkpoints would stall the event loop on fsync: they run elsewhere.
-                self._connection.driver_connection.execute("PRAGMA wal_autocheckpoint = 0")
-            conn = cast(sqlite3.Connection, self._connection.driver_connection)
-            # IMMEDIATE takes the write lock up front: a second process using the same file
-            # waits its turn (busy_timeout) instead of failing half-way through.
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                results = {
-                    apply: apply(conn, [item for item, _ in waiters])
-                    for apply, waiters in group.items()
-                }
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            self.commits += 1
-            return results
 
 
 def _create_engine(database_url: str) -> Engine:
