@@ -1,4 +1,4 @@
-"""Delete what belongs only to the job stores that were not chosen.
+"""Delete the files of the job stores that were not chosen, unless the chosen one uses them.
 
 A rendered project never mentions a backend it does not have. Cookiecutter renders
 this file with Jinja and runs it inside the new project; running it again is harmless.
@@ -13,10 +13,19 @@ CHOSEN_JOB_STORE = "{{ cookiecutter.job_store }}"
 PACKAGE_DIR = Path("src", "{{ cookiecutter.package_name }}")
 STORE_DIR = PACKAGE_DIR / "jobs" / "store"
 
-# Files and directories that exist for one store only; a new store is one more entry.
+# The files and directories each store needs and at least one other store does not; a
+# path may belong to several stores. A new store is one more entry.
 STORE_FILES: dict[str, tuple[Path, ...]] = {
-    "sqlite": (STORE_DIR / "sqlite.py",),
+    "sqlite": (
+        STORE_DIR / "sqlite.py",
+        STORE_DIR / "group_commit.py",
+    ),
     "memory": (STORE_DIR / "memory.py",),
+    "postgres": (
+        STORE_DIR / "postgres.py",
+        STORE_DIR / "group_commit.py",
+        Path("tests", "test_scale_out.py"),
+    ),
 }
 
 
@@ -28,16 +37,15 @@ def remove_path(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def remove_store_files(store: str) -> None:
-    """Delete every file that only `store` uses."""
-    for path in STORE_FILES[store]:
-        remove_path(path)
+def unused_store_files(store: str) -> set[Path]:
+    """Every path some store lists and `store` does not."""
+    listed = {path for paths in STORE_FILES.values() for path in paths}
+    return listed - set(STORE_FILES[store])
 
 
 def main() -> None:
-    for store in STORE_FILES:
-        if store != CHOSEN_JOB_STORE:
-            remove_store_files(store)
+    for path in sorted(unused_store_files(CHOSEN_JOB_STORE)):
+        remove_path(path)
 
 
 if __name__ == "__main__":

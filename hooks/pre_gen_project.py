@@ -16,14 +16,14 @@ import sys
 # message instead of a SyntaxError.
 RENDERED_ANSWERS = r"""{{ cookiecutter | jsonify }}"""
 
-# The issue that adds the PostgreSQL store adds "postgres" here.
-JOB_STORES = ("sqlite", "memory")
+JOB_STORES = ("sqlite", "memory", "postgres")
 WORKER_COUNT_RANGE = (1, 256)
 PORT_RANGE = (1, 65535)
 
 # Importing the project would import these instead of (or be shadowed by) the project.
 DEPENDENCY_MODULES = frozenset(
     {
+        "asyncpg",
         "fastapi",
         "httpx",
         "mypy",

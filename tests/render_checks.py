@@ -15,8 +15,21 @@ LEFTOVER_TEMPLATE_SYNTAX = re.compile(r"\{\{|\{%|\{#|cookiecutter\.")
 # What a render with each job store must never mention: the other stores, by any of
 # their names. Matched case-insensitively against every file name and text line.
 FORBIDDEN_MENTIONS: dict[str, tuple[str, ...]] = {
-    "sqlite": (r"MemoryJobStore", r"\bmemory[ _-]store", r"\bin-memory\b", r"postgres"),
-    "memory": (r"sqlite", r"\bDATABASE_URL\b", r"\bWAL\b", r"postgres"),
+    "sqlite": (
+        r"MemoryJobStore",
+        r"\bmemory[ _-]store",
+        r"\bin-memory\b",
+        r"postgres",
+        r"asyncpg",
+    ),
+    "memory": (r"sqlite", r"\bDATABASE_URL\b", r"\bWAL\b", r"postgres", r"asyncpg"),
+    "postgres": (
+        r"sqlite",
+        r"\bWAL\b",
+        r"MemoryJobStore",
+        r"\bmemory[ _-]store",
+        r"\bin-memory\b",
+    ),
 }
 
 

@@ -38,7 +38,23 @@ RENDERS: dict[str, dict[str, str]] = {
         "worker_count": "256",
         "port": "65535",
     },
+    "postgres-2-workers-port-8123": {
+        "job_store": "postgres",
+        "worker_count": "2",
+        "port": "8123",
+    },
     "project_name=Acme Reports": {"project_name": "Acme Reports"},
+}
+
+# Files beyond the store modules that only some stores keep, with the stores keeping them.
+STORE_FILE_OWNERS: dict[str, set[str]] = {
+    "src/<package>/jobs/store/group_commit.py": {"sqlite", "postgres"},
+    "tests/test_scale_out.py": {"postgres"},
+}
+# A PostgreSQL render's settings need a DATABASE_URL; only its format is checked, so
+# nothing has to listen there.
+SETTINGS_ENV: dict[str, dict[str, str]] = {
+    "postgres": {"DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/test"},
 }
 
 QUALITY_GATES: dict[str, list[str]] = {
@@ -95,6 +111,17 @@ def test_render_keeps_only_the_chosen_store_module(rendered: Render) -> None:
     assert store_modules == {rendered.answers["job_store"]}
 
 
+@pytest.mark.parametrize("path", STORE_FILE_OWNERS, ids=lambda path: Path(path).name)
+def test_render_keeps_a_store_file_only_for_the_stores_that_use_it(
+    rendered: Render, path: str
+) -> None:
+    package_path = path.replace("<package>", rendered.answers["package_name"])
+
+    exists = (rendered.project_dir / package_path).is_file()
+
+    assert exists == (rendered.answers["job_store"] in STORE_FILE_OWNERS[path])
+
+
 def test_settings_default_to_the_answered_worker_count_and_port(
     rendered: Render, tmp_path: Path
 ) -> None:
@@ -108,7 +135,10 @@ def test_settings_default_to_the_answered_worker_count_and_port(
     result = subprocess.run(
         [sys.executable, "-c", program],
         cwd=tmp_path,
-        env=clean_env(PYTHONPATH=str(rendered.project_dir / "src")),
+        env=clean_env(
+            PYTHONPATH=str(rendered.project_dir / "src"),
+            **SETTINGS_ENV.get(rendered.answers["job_store"], {}),
+        ),
         capture_output=True,
         text=True,
         check=False,

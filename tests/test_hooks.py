@@ -43,6 +43,7 @@ BAD_ANSWERS: dict[str, list[str]] = {
         "asyncio",
         "fastapi",
         "sqlalchemy",
+        "asyncpg",
         "pydantic_settings",
         "pytest",
     ],
@@ -62,8 +63,8 @@ BAD_ANSWERS: dict[str, list[str]] = {
     "port": ["0", "65536", "-1", "http", "80.0", "", "0x50", "8000 "],
 }
 # A replay file is not checked against cookiecutter.json's choices, so the hook is the
-# only guard there. "postgres" leaves this list when the PostgreSQL store lands.
-BAD_JOB_STORES = ["postgres", "mysql", "SQLite", ""]
+# only guard there.
+BAD_JOB_STORES = ["mysql", "SQLite", "Postgres", ""]
 
 
 def load_hook(name: str) -> ModuleType:
@@ -214,18 +215,39 @@ def rendered_hook(name: str, answers: dict[str, Any], destination: Path) -> Path
     return destination
 
 
-@pytest.mark.parametrize("job_store", JOB_STORES)
-def test_post_gen_hook_removes_other_stores_and_can_run_twice(
+# What the hook keeps besides the files every render has, relative to the package's
+# jobs/store/ directory ("store/") or to the project root; written out here rather than
+# derived from the hook's STORE_FILES, so a wrong entry there fails. (A store missing
+# here is still checked by tests/test_bake.py, which bakes every store.)
+KEPT_STORE_FILES: dict[str, set[str]] = {
+    "sqlite": {"store/sqlite.py", "store/group_commit.py"},
+    "memory": {"store/memory.py"},
+    "postgres": {"store/postgres.py", "store/group_commit.py", "tests/test_scale_out.py"},
+}
+SHARED_FILES = {"store/__init__.py", "store/base.py", "tests/test_api.py"}
+ALL_STORE_FILES = set().union(*KEPT_STORE_FILES.values())
+
+
+@pytest.mark.parametrize("job_store", KEPT_STORE_FILES)
+def test_post_gen_hook_keeps_exactly_the_chosen_store_files_and_can_run_twice(
     job_store: str, tmp_path: Path
 ) -> None:
     answers = resolve_answers({"job_store": job_store})
-    store_dir = tmp_path / "project" / "src" / answers["package_name"] / "jobs" / "store"
-    store_dir.mkdir(parents=True)
-    for module in ["base", *JOB_STORES]:
-        (store_dir / f"{module}.py").write_text("")
+    project_dir = tmp_path / "project"
+    store_dir = project_dir / "src" / answers["package_name"] / "jobs" / "store"
+    places = {"store": store_dir, "tests": project_dir / "tests"}
+    for relative in SHARED_FILES | ALL_STORE_FILES:
+        place, name = relative.split("/")
+        places[place].mkdir(parents=True, exist_ok=True)
+        (places[place] / name).write_text("")
     hook = rendered_hook("post_gen_project", answers, tmp_path / "post_gen_project.py")
 
     for _ in range(2):
-        subprocess.run([sys.executable, str(hook)], cwd=tmp_path / "project", check=True)
+        subprocess.run([sys.executable, str(hook)], cwd=project_dir, check=True)
 
-    assert sorted(path.stem for path in store_dir.iterdir()) == ["base", job_store]
+    left = {
+        f"{place}/{path.name}"
+        for place, directory in places.items()
+        for path in directory.iterdir()
+    }
+    assert left == SHARED_FILES | KEPT_STORE_FILES[job_store]

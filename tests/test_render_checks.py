@@ -64,7 +64,15 @@ def test_leftover_template_syntax_in_a_directory_name_is_found(tmp_path: Path) -
         ("sqlite", "store = MemoryJobStore()"),
         ("sqlite", "The Memory store is fastest."),
         ("sqlite", "an in-memory queue"),
+        ("memory", "import asyncpg"),
         ("sqlite", "postgres://localhost/jobs"),
+        ("sqlite", "pool = await asyncpg.create_pool(url)"),
+        ("postgres", "Jobs live in SQLite."),
+        ("postgres", "url = 'sqlite:///./jobs.db'"),
+        ("postgres", "PRAGMA journal_mode=WAL"),
+        ("postgres", "store = MemoryJobStore()"),
+        ("postgres", "The memory store is fastest."),
+        ("postgres", "an in-memory queue"),
     ],
 )
 def test_mention_of_an_unchosen_store_is_found(tmp_path: Path, job_store: str, line: str) -> None:
@@ -74,12 +82,40 @@ def test_mention_of_an_unchosen_store_is_found(tmp_path: Path, job_store: str, l
     assert finding.startswith("src/app/notes.py:1: ")
 
 
-def test_unchosen_store_in_a_file_name_is_found(tmp_path: Path) -> None:
-    root = make_tree(tmp_path, {"src/app/store/sqlite.py": ""})
+@pytest.mark.parametrize(
+    ("job_store", "line"),
+    [
+        ("sqlite", "PRAGMA journal_mode=WAL"),
+        ("sqlite", "DATABASE_URL=sqlite:///./jobs.db"),
+        ("memory", "store = MemoryJobStore()"),
+        ("postgres", "DATABASE_URL=postgresql://postgres@127.0.0.1:5432/jobs"),
+        ("postgres", "pool = await asyncpg.create_pool(url)"),
+        ("postgres", "The PostgreSQL store shares jobs between instances."),
+    ],
+)
+def test_mention_of_the_chosen_store_is_not_a_finding(
+    tmp_path: Path, job_store: str, line: str
+) -> None:
+    root = make_tree(tmp_path, {"src/app/notes.py": f"# {line}\n"})
 
-    assert find_forbidden_mentions(root, "memory") == [
-        "src/app/store/sqlite.py: 'sqlite' in the name"
-    ]
+    assert find_forbidden_mentions(root, job_store) == []
+
+
+@pytest.mark.parametrize(
+    ("job_store", "path", "name"),
+    [
+        ("memory", "src/app/store/sqlite.py", "sqlite"),
+        ("memory", "src/app/store/postgres.py", "postgres"),
+        ("sqlite", "src/app/store/postgres.py", "postgres"),
+        ("postgres", "src/app/store/sqlite.py", "sqlite"),
+    ],
+)
+def test_unchosen_store_in_a_file_name_is_found(
+    tmp_path: Path, job_store: str, path: str, name: str
+) -> None:
+    root = make_tree(tmp_path, {path: ""})
+
+    assert find_forbidden_mentions(root, job_store) == [f"{path}: {name!r} in the name"]
 
 
 def test_tool_caches_are_not_part_of_the_render(tmp_path: Path) -> None:

@@ -9,12 +9,18 @@ import inspect
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+{%- if cookiecutter.job_store == "postgres" %}
+import uuid
+{%- endif %}
+from collections.abc import AsyncIterator, Awaitable, Callable{% if cookiecutter.job_store == "postgres" %}, Iterator{% endif %}
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+{% if cookiecutter.job_store == "postgres" -%}
+import asyncpg
+{% endif -%}
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -85,6 +91,54 @@ def free_port() -> int:
 # --- Store-specific part: where this project's store keeps its jobs during a test. ---
 
 
+{%- if cookiecutter.job_store == "postgres" %}
+# The server the tests use; each test gets a schema of its own in that database.
+POSTGRES_URL = (
+    os.environ.get("TEST_DATABASE_URL")
+    or os.environ.get("DATABASE_URL")
+    or "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+
+
+def run_sql(url: str, *statements: str) -> None:
+    async def run() -> None:
+        conn = await asyncpg.connect(url, timeout=5)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """The test server's URL; skips loudly when it is unreachable, unless REQUIRE_POSTGRES=1."""
+    try:
+        run_sql(POSTGRES_URL, "SELECT 1")
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        reason = f"PostgreSQL unreachable at {POSTGRES_URL} ({exc}); set TEST_DATABASE_URL"
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"REQUIRE_POSTGRES=1 but {reason}")
+        pytest.skip(reason)
+    return POSTGRES_URL
+
+
+@pytest.fixture
+def store_settings(postgres_url: str) -> Iterator[dict[str, Any]]:
+    """Settings that point the job store at this test's own, empty schema."""
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    run_sql(postgres_url, f"CREATE SCHEMA {schema}")
+    separator = "&" if "?" in postgres_url else "?"
+    yield {
+        "database_url": f"{postgres_url}{separator}search_path={schema}",
+        "database_connect_timeout": 5.0,
+    }
+    run_sql(postgres_url, f"DROP SCHEMA {schema} CASCADE")
+{%- else %}
+
+
 @pytest.fixture
 def store_settings(tmp_path: Path) -> dict[str, Any]:
     """Settings that point the job store at this test's own, empty location."""
@@ -93,10 +147,11 @@ def store_settings(tmp_path: Path) -> dict[str, Any]:
 {%- else %}
     return {}
 {%- endif %}
+{%- endif %}
 
 
 @pytest.fixture
-def service_env(tmp_path: Path) -> dict[str, str]:
+def service_env(store_settings: dict[str, Any]) -> dict[str, str]:
     """Environment for a `python -m` child process: this package importable, an empty store."""
     source_dir = Path({{ cookiecutter.package_name }}.__file__).resolve().parent.parent
     pythonpath = os.pathsep.join(filter(None, [str(source_dir), os.environ.get("PYTHONPATH")]))
@@ -105,8 +160,8 @@ def service_env(tmp_path: Path) -> dict[str, str]:
         "PYTHONPATH": pythonpath,
         "HOST": "127.0.0.1",
         "LOG_LEVEL": "info",
-{%- if cookiecutter.job_store == "sqlite" %}
-        "DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.db'}",
+{%- if cookiecutter.job_store != "memory" %}
+        "DATABASE_URL": store_settings["database_url"],
 {%- endif %}
     }
 

@@ -13,6 +13,10 @@ from {{ cookiecutter.package_name }}.settings import Settings, SettingsError, lo
 def empty_working_directory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No `.env` file but the one a test writes; the environment is cleaned by conftest."""
     monkeypatch.chdir(tmp_path)
+{%- if cookiecutter.job_store == "postgres" %}
+    # The one setting without a default; only its form is checked here, nothing connects.
+    monkeypatch.setenv("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/jobs")
+{%- endif %}
 
 
 def test_defaults_are_the_documented_ones_and_the_template_answers() -> None:
@@ -23,7 +27,12 @@ def test_defaults_are_the_documented_ones_and_the_template_answers() -> None:
     assert settings.worker_pool_size == {{ cookiecutter.worker_count }}
 {%- if cookiecutter.job_store == "sqlite" %}
     assert settings.database_url == "sqlite:///./jobs.db"
+{%- elif cookiecutter.job_store == "postgres" %}
+    assert settings.database_connect_timeout == 30.0
+    assert settings.database_notify is True
+    assert settings.job_lease_seconds == 30.0
 {%- endif %}
+    assert settings.poll_interval == 1.0
     assert (settings.start_http, settings.start_workers) == (True, True)
     assert settings.log_level == "info"
     assert (settings.retry_backoff_base, settings.retry_backoff_max) == (1.0, 300.0)
@@ -65,6 +74,17 @@ def test_a_dotenv_file_is_read_and_the_environment_wins_over_it(
     assert (settings.worker_pool_size, settings.port) == (9, 9002)
 
 
+{%- if cookiecutter.job_store == "postgres" %}
+
+
+def test_database_url_is_required(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DATABASE_URL")
+
+    with pytest.raises(SettingsError, match=r"^DATABASE_URL is required$"):
+        load_settings()
+{%- endif %}
+
+
 def test_log_level_is_read_in_any_case(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LOG_LEVEL", "WARNING")
 
@@ -93,6 +113,13 @@ def test_keyword_overrides_win_over_the_environment(monkeypatch: pytest.MonkeyPa
         ("START_HTTP", "maybe"),
         ("START_WORKERS", "2"),
         ("LOG_LEVEL", "loud"),
+        ("POLL_INTERVAL", "0"),
+{%- if cookiecutter.job_store == "postgres" %}
+        ("DATABASE_URL", "mysql://localhost/jobs"),
+        ("DATABASE_NOTIFY", "sometimes"),
+        ("JOB_LEASE_SECONDS", "0.5"),
+        ("DATABASE_CONNECT_TIMEOUT", "-1"),
+{%- endif %}
 {%- if cookiecutter.job_store == "sqlite" %}
         ("DATABASE_URL", "mysql://localhost/jobs"),
         ("DATABASE_URL", "sqlite:////no/such/directory/jobs.db"),
@@ -170,3 +197,30 @@ def test_a_bad_setting_stops_start_up_with_one_line_and_no_traceback(
     assert len(lines) == 1, finished.stderr
     assert "PORT" in lines[0]
     assert "Traceback" not in finished.stderr
+{%- if cookiecutter.job_store == "postgres" %}
+
+
+def test_an_unreachable_database_stops_start_up_with_a_clear_line(
+    service_env: dict[str, str], tmp_path: Path
+) -> None:
+    env = {
+        **service_env,
+        "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/jobs",
+        "DATABASE_CONNECT_TIMEOUT": "1",
+    }
+
+    finished = subprocess.run(
+        [sys.executable, "-m", "{{ cookiecutter.package_name }}"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+    assert finished.returncode != 0
+    last_line = finished.stderr.splitlines()[-1]
+    assert last_line.startswith("error: job store unavailable: cannot reach the database")
+    assert "Traceback" not in finished.stderr
+{%- endif %}

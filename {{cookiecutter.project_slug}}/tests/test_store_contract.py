@@ -1,14 +1,19 @@
 """The contract every job store must keep, written once against the `store` fixture."""
 
+{% if cookiecutter.job_store == "postgres" -%}
+import asyncio
+{% endif -%}
 from datetime import datetime, timedelta
 
 from {{ cookiecutter.package_name }}.jobs.model import Job, JobStatus
 from {{ cookiecutter.package_name }}.jobs.store import JobStore, NewJob
 {%- if cookiecutter.job_store == "sqlite" %}
 from {{ cookiecutter.package_name }}.jobs.store.base import LOST_WORKER_STOPPED
+{%- elif cookiecutter.job_store == "postgres" %}
+from {{ cookiecutter.package_name }}.jobs.store.postgres import LOST_LEASE_EXPIRED
 {%- endif %}
 
-from .conftest import ManualClock{% if cookiecutter.job_store == "sqlite" %}, StoreOpener{% endif %}
+from .conftest import ManualClock{% if cookiecutter.job_store != "memory" %}, StoreOpener{% endif %}
 
 QUEUED, RUNNING, DONE, FAILED = JobStatus
 
@@ -379,4 +384,104 @@ async def test_rescue_fails_a_job_left_running_on_its_last_attempt(
     assert found.finished_at == clock.now()
     assert await counts(restarted) == {"failed": 1}
     assert await restarted.fetch_jobs(1) == []
+{%- elif cookiecutter.job_store == "postgres" %}
+
+
+# --- Several instances: a second store on the same database plays another instance.
+# Leases last JOB_LEASE_SECONDS (30 by default) of the clock the stores share.
+
+LEASE = 30
+
+
+async def test_another_instance_sees_every_job_and_its_state(
+    store: JobStore, open_store: StoreOpener, clock: ManualClock
+) -> None:
+    jobs = await insert(store, 3)
+    (job,) = await store.fetch_jobs(1)
+    await store.complete_job(job, {"kept": True})
+
+    other = await open_store(clock)
+
+    assert [found.id for found in await other.list_jobs(None, 10, 0)] == [
+        job.id for job in reversed(jobs)
+    ]
+    assert (await stored(other, job)).result == {"kept": True}
+    assert await counts(other) == {"queued": 2, "done": 1}
+
+
+async def test_a_running_job_is_not_rescued_while_its_lease_holds(
+    store: JobStore, open_store: StoreOpener, clock: ManualClock
+) -> None:
+    (job,) = await insert(store)
+    await store.fetch_jobs(1)
+    other = await open_store(clock)
+    clock.advance(LEASE - 1)
+
+    assert await other.rescue_orphaned_jobs() == 0
+    assert (await stored(other, job)).status is RUNNING
+
+
+async def test_an_expired_lease_requeues_the_job_with_the_lost_attempt_counted(
+    store: JobStore, open_store: StoreOpener, clock: ManualClock
+) -> None:
+    (job,) = await insert(store)
+    await store.fetch_jobs(1)
+    other = await open_store(clock)
+    clock.advance(LEASE + 1)
+
+    assert await other.rescue_orphaned_jobs() == 1
+
+    found = await stored(other, job)
+    assert (found.status, found.attempt) == (QUEUED, 1)
+    assert found.errors == [LOST_LEASE_EXPIRED]
+    assert found.finished_at is None
+    (again,) = await other.fetch_jobs(1)
+    assert (again.id, again.attempt) == (job.id, 2)
+
+
+async def test_an_expired_lease_on_the_last_attempt_fails_the_job(
+    store: JobStore, open_store: StoreOpener, clock: ManualClock
+) -> None:
+    (job,) = await store.insert_all_jobs([new_job(max_attempts=1)])
+    await store.fetch_jobs(1)
+    other = await open_store(clock)
+    clock.advance(LEASE + 1)
+
+    assert await other.rescue_orphaned_jobs() == 1
+
+    found = await stored(other, job)
+    assert (found.status, found.errors) == (FAILED, [LOST_LEASE_EXPIRED])
+    assert found.finished_at == clock.now()
+    assert await other.fetch_jobs(1) == []
+
+
+async def test_a_late_outcome_from_the_instance_that_lost_the_lease_changes_nothing(
+    store: JobStore, open_store: StoreOpener, clock: ManualClock
+) -> None:
+    (job,) = await insert(store)
+    (lost,) = await store.fetch_jobs(1)
+    other = await open_store(clock)
+    clock.advance(LEASE + 1)
+    await other.rescue_orphaned_jobs()
+    (taken_over,) = await other.fetch_jobs(1)
+
+    await store.complete_job(lost, {"from": "the first instance"})
+    await store.error_job(lost, "too late", None)
+
+    found = await stored(other, job)
+    assert (found.status, found.attempt, found.result) == (RUNNING, 2, None)
+    await other.complete_job(taken_over, {"from": "the second instance"})
+    assert (await stored(other, job)).result == {"from": "the second instance"}
+
+
+async def test_two_instances_claiming_together_never_get_the_same_job(
+    store: JobStore, open_store: StoreOpener, clock: ManualClock
+) -> None:
+    await insert(store, 200)
+    other = await open_store(clock)
+
+    claims = await asyncio.gather(*(s.fetch_jobs(7) for _ in range(15) for s in (store, other)))
+
+    claimed = [job.id for batch in claims for job in batch]
+    assert len(claimed) == len(set(claimed)) == 200
 {%- endif %}

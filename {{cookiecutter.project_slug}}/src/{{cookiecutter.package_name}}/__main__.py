@@ -8,9 +8,11 @@ import sys
 import uvicorn
 from fastapi import FastAPI
 
+from .jobs.clock import SystemClock
+from .jobs.store import StoreUnavailable, make_store
 from .logs import configure_logging
 from .main import create_app
-from .settings import SettingsError, load_settings
+from .settings import Settings, SettingsError, load_settings
 
 logger = logging.getLogger(__name__)
 
@@ -21,6 +23,11 @@ def main() -> None:
     except SettingsError as exc:
         sys.exit(f"error: {exc}")
     configure_logging(settings.log_level)
+    # Reach the store before serving: an unreachable one is one clear line, not a traceback.
+    try:
+        asyncio.run(check_store(settings))
+    except StoreUnavailable as exc:
+        sys.exit(f"error: job store unavailable: {exc}")
     app = create_app(settings)
     if settings.start_http:
         logger.info("Starting server on port %d", settings.port)
@@ -38,6 +45,13 @@ def main() -> None:
         )
     else:
         asyncio.run(run_workers_only(app))
+
+
+async def check_store(settings: Settings) -> None:
+    """Open and close the store once; raises StoreUnavailable when it cannot be reached."""
+    store = make_store(settings, SystemClock())
+    await store.open()
+    await store.close()
 
 
 async def run_workers_only(app: FastAPI) -> None:

@@ -22,10 +22,16 @@ import sys
 import tempfile
 {%- endif %}
 import time
+{%- if cookiecutter.job_store == "postgres" %}
+import uuid
+{%- endif %}
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
+{% if cookiecutter.job_store == "postgres" -%}
+import asyncpg
+{% endif -%}
 import httpx
 import uvicorn
 from fastapi import Request
@@ -68,6 +74,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         os.environ["DATABASE_URL"] = f"sqlite:///{scratch}/bench.db"
         run_benchmarks(args)
+{%- elif cookiecutter.job_store == "postgres" %}
+    # A schema of its own in DATABASE_URL's database, dropped at the end.
+    database_url = Settings().database_url
+    schema = f"bench_{uuid.uuid4().hex[:8]}"
+    asyncio.run(run_sql(database_url, f"CREATE SCHEMA {schema}"))
+    separator = "&" if "?" in database_url else "?"
+    os.environ["DATABASE_URL"] = f"{database_url}{separator}search_path={schema}"
+    try:
+        run_benchmarks(args)
+    finally:
+        asyncio.run(run_sql(database_url, f"DROP SCHEMA {schema} CASCADE"))
 {%- else %}
     run_benchmarks(args)
 {%- endif %}
@@ -83,6 +100,10 @@ def run_benchmarks(args: argparse.Namespace) -> None:
         bench_http(args.requests, args.connections, workers=workers)
     asyncio.run(bench_end_to_end(args.jobs))
     asyncio.run(bench_wakeup(args.wakeups))
+{%- if cookiecutter.job_store == "postgres" %}
+    asyncio.run(bench_worker_processes(args.jobs, processes=2))
+    asyncio.run(bench_cross_instance_wakeup(args.wakeups))
+{%- endif %}
     if args.large_store:
         asyncio.run(bench_large_store(args.large_store))
 
@@ -221,6 +242,90 @@ async def bench_wakeup(samples: int) -> None:
         await store.close()
     print(f"\nWake-up latency, insert to handler start, {samples} samples")
     print(f"  p50 {percentile(latencies, 50):.2f} ms   p99 {percentile(latencies, 99):.2f} ms")
+
+
+{%- if cookiecutter.job_store == "postgres" %}
+
+
+async def bench_worker_processes(count: int, processes: int) -> None:
+    """End to end with the jobs run by other worker-only instances of the service."""
+    store = make_store(Settings(), SystemClock())
+    await store.open()
+    with worker_instances(processes):
+        await wait_for_listeners(processes)
+        started = time.perf_counter()
+        for first in range(0, count, 1000):
+            batch = min(1000, count - first)
+            await store.insert_all_jobs([NewJob(payload={"task": "noop"})] * batch)
+        await wait_for_done(store, count)
+        ran = time.perf_counter() - started
+    await store.close()
+    print(f"\nEnd to end, {count} no-op jobs, {processes} worker processes (enqueue included)")
+    print(f"  run to completion          {count / ran:8.0f} jobs/s")
+
+
+async def bench_cross_instance_wakeup(samples: int) -> None:
+    """From an insert here to the start of the job in another, idle, instance."""
+    clock = SystemClock()
+    store = make_store(Settings(), clock)
+    await store.open()
+    latencies = []
+    with worker_instances(1):
+        await wait_for_listeners(1)
+        for _ in range(samples):
+            await asyncio.sleep(0.005)  # let the other instance go idle
+            inserted = clock.now()
+            job = await store.insert_job(NewJob(payload={"task": "noop"}))
+            assert job.id is not None
+            while (started := await store.get_job(job.id)) is None or not started.started_at:
+                await asyncio.sleep(0.0005)
+            latencies.append((started.started_at - inserted).total_seconds() * 1000)
+    await store.close()
+    print(f"\nCross-instance wake-up, insert here to start there, {samples} samples")
+    print(f"  p50 {percentile(latencies, 50):.2f} ms   p99 {percentile(latencies, 99):.2f} ms")
+
+
+@contextmanager
+def worker_instances(count: int) -> Iterator[None]:
+    """`count` worker-only instances of the service (`python -m`) on this database."""
+    env = {**os.environ, "START_HTTP": "false", "LOG_LEVEL": "warning"}
+    package = __name__.rpartition(".")[0]
+    workers = [subprocess.Popen([sys.executable, "-m", package], env=env) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            worker.wait(30)
+
+
+async def wait_for_listeners(instances: int) -> None:
+    """Wait until `instances` more connections than this one LISTEN for new jobs."""
+    listening = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"
+    deadline = time.monotonic() + 30
+    while await fetch_value(listening) < instances + 1:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the worker instances did not start")
+        await asyncio.sleep(0.05)
+
+
+async def fetch_value(query: str) -> int:
+    conn = await asyncpg.connect(os.environ["DATABASE_URL"])
+    try:
+        value: int = await conn.fetchval(query)
+        return value
+    finally:
+        await conn.close()
+
+
+async def run_sql(database_url: str, statement: str) -> None:
+    conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
+    try:
+        await conn.execute(statement)
+    finally:
+        await conn.close()
+{%- endif %}
 
 
 async def bench_large_store(count: int) -> None:

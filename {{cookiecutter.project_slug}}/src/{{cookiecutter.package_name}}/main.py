@@ -37,6 +37,7 @@ def create_app(
             pool_size=settings.worker_pool_size,
             backoff_base=settings.retry_backoff_base,
             backoff_max=settings.retry_backoff_max,
+            poll_interval=settings.poll_interval,
         )
 
     @asynccontextmanager

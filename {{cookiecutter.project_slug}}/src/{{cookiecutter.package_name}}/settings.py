@@ -27,6 +27,17 @@ class Settings(BaseSettings):
 {%- if cookiecutter.job_store == "sqlite" %}
     # Where the SQLite file lives; relative paths are relative to the working directory.
     database_url: str = "sqlite:///./jobs.db"
+{%- elif cookiecutter.job_store == "postgres" %}
+    # postgresql://user:password@host:5432/dbname; every instance of the service shares it.
+    database_url: str
+    # How long start-up keeps trying to reach the database before it gives up.
+    database_connect_timeout: Annotated[float, Field(ge=0)] = 30.0
+    # LISTEN/NOTIFY wakes idle workers on every instance at once; turn it off where NOTIFY
+    # does not work (PgBouncer in transaction mode): workers then poll every POLL_INTERVAL.
+    database_notify: bool = True
+    # A running job's lease: its instance renews it every third of this; when an instance
+    # dies, any other requeues its jobs once their leases have expired.
+    job_lease_seconds: Annotated[float, Field(ge=1)] = 30.0
 {%- endif %}
     start_http: bool = True
     start_workers: bool = True
@@ -37,6 +48,8 @@ class Settings(BaseSettings):
     # How long SIGTERM waits for running jobs before releasing them back to the queue.
     shutdown_grace: Annotated[float, Field(ge=0)] = 25.0
     max_body_bytes: Annotated[int, Field(ge=1)] = 1_048_576
+    # Idle workers look for due jobs at least this often, whatever wakes them sooner.
+    poll_interval: Annotated[float, Field(gt=0, le=60)] = 1.0
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -57,6 +70,10 @@ class Settings(BaseSettings):
             raise ValueError("DATABASE_URL must name a database file")
         if not Path(path).parent.is_dir():
             raise ValueError(f"DATABASE_URL: the directory {Path(path).parent} does not exist")
+{%- elif cookiecutter.job_store == "postgres" %}
+        scheme = self.database_url.partition("://")[0]
+        if scheme not in {"postgresql", "postgres", "postgresql+asyncpg"}:
+            raise ValueError("DATABASE_URL must look like postgresql://user@host:5432/dbname")
 {%- elif cookiecutter.job_store == "memory" %}
         if not (self.start_http and self.start_workers):
             # No other process can see this process's jobs.
@@ -77,7 +94,9 @@ def _describe(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors():
         message = error["msg"].removeprefix("Value error, ")
-        if error["loc"]:
+        if error["loc"] and error["type"] == "missing":
+            problems.append(f"{str(error['loc'][0]).upper()} is required")
+        elif error["loc"]:
             variable = str(error["loc"][0]).upper()
             problems.append(f"{variable}={error.get('input')!r} is invalid: {message}")
         else:

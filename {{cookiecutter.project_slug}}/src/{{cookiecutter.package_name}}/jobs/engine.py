@@ -16,9 +16,6 @@ from .store.base import JobStore
 
 logger = logging.getLogger(__name__)
 
-# Even with nothing to wake it, the dispatcher looks at the store this often, so that jobs
-# written by another process are found.
-POLL_INTERVAL = 1.0
 RESTART_DELAY_MAX = 30.0
 
 
@@ -34,12 +31,16 @@ class Engine:
         pool_size: int,
         backoff_base: float,
         backoff_max: float,
+        poll_interval: float = 1.0,
     ) -> None:
         self._store = store
         self._registry = registry
         self._clock = clock
         self._pool_size = pool_size
         self._backoff = (backoff_base, backoff_max)
+        # Even with nothing to wake it, the dispatcher looks at the store this often, so that
+        # jobs written where no wake-up reaches this process are found.
+        self._poll_interval = poll_interval
         # Every claimed job until its outcome is recorded, for shutdown to wait on or release.
         self._running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
         # Handlers executing right now: what the pool size limits.
@@ -128,9 +129,9 @@ class Engine:
     async def _seconds_until_next_due(self) -> float:
         next_run_at = await self._store.next_run_at()
         if next_run_at is None:
-            return POLL_INTERVAL
+            return self._poll_interval
         wait = (next_run_at - self._clock.now()).total_seconds()
-        return min(max(wait, 0.0), POLL_INTERVAL)
+        return min(max(wait, 0.0), self._poll_interval)
 
     def _start(self, job: Job) -> None:
         assert job.id is not None
@@ -218,7 +219,8 @@ class _StopIterationInHandler(Exception):
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, _StopIterationInHandler):
         exc = exc.original
-    text = str(exc)
+    # NUL characters are shown escaped: not every store can edit JSON text that holds them.
+    text = str(exc).replace("\x00", "\\x00")
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

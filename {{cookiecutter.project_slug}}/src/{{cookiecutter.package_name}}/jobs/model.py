@@ -1,10 +1,14 @@
 """The job table and its JSON shape."""
 
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Dialect, {% if cookiecutter.job_store == "sqlite" %}Index, {% endif %}String, TypeDecorator{% if cookiecutter.job_store == "sqlite" %}, text{% endif %}
+{% if cookiecutter.job_store != "memory" -%}
+from sqlalchemy import JSON, DateTime, Index, String, text
+{% else -%}
+from sqlalchemy import JSON, DateTime, String
+{% endif -%}
 from sqlmodel import Field, SQLModel
 
 from .clock import isoformat_z
@@ -17,19 +21,8 @@ class JobStatus(StrEnum):
     FAILED = "failed"
 
 
-class UTCDateTime(TypeDecorator[datetime]):
-    """Stores moments as naive UTC and hands them back timezone-aware, whatever the database."""
-
-    impl = DateTime
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.astimezone(UTC).replace(tzinfo=None)
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        return None if value is None else value.replace(tzinfo=UTC)
+# Every moment is UTC; databases that can keep the zone do.
+MOMENT = DateTime(timezone=True)
 
 
 class Job(SQLModel):
@@ -41,11 +34,11 @@ class Job(SQLModel):
     # Attempts started so far, including the running one.
     attempt: int = 0
     max_attempts: int = 3
-    run_at: datetime = Field(sa_type=UTCDateTime)
-    inserted_at: datetime = Field(sa_type=UTCDateTime)
-    started_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    finished_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    result: Any = Field(default=None, sa_type=JSON)
+    run_at: datetime = Field(sa_type=MOMENT)
+    inserted_at: datetime = Field(sa_type=MOMENT)
+    started_at: datetime | None = Field(default=None, sa_type=MOMENT)
+    finished_at: datetime | None = Field(default=None, sa_type=MOMENT)
+    result: Any = Field(default=None, sa_type=JSON, nullable=True)
     # One error text per failed attempt, oldest first.
     errors: list[str] = Field(default_factory=list, sa_type=JSON)
 
@@ -61,15 +54,24 @@ class JobRow(Job, table=True):
     """The table jobs are kept in. Engine and API pass `Job` around: rows are for stores."""
 
     __tablename__ = "jobs"
-{%- if cookiecutter.job_store == "sqlite" %}
+{%- set where = "sqlite_where" if cookiecutter.job_store == "sqlite" else "postgresql_where" %}
     __table_args__ = (
         # Claiming reads only queued jobs, oldest run_at first: a partial index keeps that a
         # short walk however many finished jobs pile up.
-        Index("ix_jobs_due", "run_at", "id", sqlite_where=text("status = 'queued'")),
+        Index("ix_jobs_due", "run_at", "id", {{ where }}=text("status = 'queued'")),
         # Listing is newest first, optionally by status.
         Index("ix_jobs_newest", "inserted_at", "id"),
         Index("ix_jobs_status_newest", "status", "inserted_at", "id"),
+{%- if cookiecutter.job_store == "postgres" %}
+        # Finding running jobs whose instance stopped renewing their lease.
+        Index("ix_jobs_leases", "lease_expires_at", {{ where }}=text("status = 'running'")),
+{%- endif %}
     )
+{%- if cookiecutter.job_store == "postgres" %}
+
+    # The instance running the job, and until when it has promised to be alive.
+    locked_by: str | None = None
+    lease_expires_at: datetime | None = Field(default=None, sa_type=MOMENT)
 {%- endif %}
 {%- endif %}
 

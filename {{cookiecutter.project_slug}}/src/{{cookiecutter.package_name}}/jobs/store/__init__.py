@@ -5,6 +5,8 @@ from ..clock import Clock
 from .base import JobStore, NewJob, StoreUnavailable
 {%- if cookiecutter.job_store == "sqlite" %}
 from .sqlite import SqliteJobStore
+{%- elif cookiecutter.job_store == "postgres" %}
+from .postgres import PostgresJobStore
 {%- elif cookiecutter.job_store == "memory" %}
 from .memory import MemoryJobStore
 {%- endif %}
@@ -16,6 +18,14 @@ def make_store(settings: Settings, clock: Clock) -> JobStore:
     """The job store the settings describe."""
 {%- if cookiecutter.job_store == "sqlite" %}
     return SqliteJobStore(settings.database_url, clock)
+{%- elif cookiecutter.job_store == "postgres" %}
+    return PostgresJobStore(
+        settings.database_url,
+        clock,
+        notify=settings.database_notify,
+        lease_seconds=settings.job_lease_seconds,
+        connect_timeout=settings.database_connect_timeout,
+    )
 {%- elif cookiecutter.job_store == "memory" %}
     return MemoryJobStore(clock)
 {%- endif %}

@@ -1,0 +1,385 @@
+"""The PostgreSQL job store: several service instances share one database.
+
+- Claims take a batch with one `UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)`,
+  so two instances never start the same job.
+- Writes are group-committed: whatever queues while one transaction commits goes into the
+  next, so a burst of requests costs one round trip and one commit, not one each.
+- An insert notifies every instance (LISTEN/NOTIFY) so an idle worker anywhere starts at once;
+  with DATABASE_NOTIFY=false, workers poll instead.
+- A running job holds a lease that its instance renews. When an instance dies, any other
+  requeues its jobs once their leases expire (the lost attempt counted), or fails them when
+  no attempt is left.
+
+The table comes from the SQLModel model; statements are SQL text on asyncpg connections,
+the faster of the two drivers measured (README, "Performance").
+"""
+
+import asyncio
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+from sqlalchemy.dialects.postgresql.base import PGDialect
+from sqlalchemy.schema import CreateIndex, CreateTable
+
+from ..clock import Clock
+from ..codec import dumps
+from ..model import Job, JobRow, JobStatus
+from .base import NewJob, StoreUnavailable
+from .group_commit import Group, GroupCommitter
+
+logger = logging.getLogger(__name__)
+
+LOST_LEASE_EXPIRED = "lost: lease expired"
+NOTIFY_CHANNEL = "jobs_inserted"
+# Any fixed number: instances starting together take turns creating the schema.
+SCHEMA_LOCK = 7_310_114_420
+Batch = Callable[[asyncpg.Connection, list[Any]], Awaitable[list[Any]]]
+
+COLUMNS = (
+    "id, payload, status, attempt, max_attempts, run_at, inserted_at, started_at, finished_at,"
+    " result, errors"
+)
+INSERT_JOBS = (
+    "INSERT INTO jobs (payload, status, attempt, max_attempts, run_at, inserted_at, errors)"
+    " SELECT payload, 'queued', 0, max_attempts, run_at, $4, '[]'::json"
+    " FROM unnest($1::json[], $2::int[], $3::timestamptz[]) AS new(payload, max_attempts, run_at)"
+    " RETURNING id"
+)
+CLAIM_DUE_JOBS = (
+    "UPDATE jobs SET status = 'running', attempt = attempt + 1, started_at = $1,"
+    " locked_by = $2, lease_expires_at = $3"
+    " WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' AND run_at <= $1"
+    " ORDER BY run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)"
+    f" RETURNING {COLUMNS}"
+)
+# Outcomes only apply while this instance still holds the job: once its lease has expired
+# and another instance has taken the job over, a late outcome changes nothing.
+HELD = "id = $1 AND status = 'running' AND locked_by = $2"
+RELEASED = "locked_by = NULL, lease_expires_at = NULL"
+COMPLETE_JOB = (
+    f"UPDATE jobs SET status = 'done', result = $3, finished_at = $4, {RELEASED} WHERE {HELD}"
+)
+FAIL_ATTEMPT = (
+    f"UPDATE jobs SET status = $3, errors = $4, run_at = $5, finished_at = $6, {RELEASED}"
+    f" WHERE {HELD}"
+)
+RELEASE_JOB = (
+    "UPDATE jobs SET status = 'queued', attempt = attempt - 1,"
+    f" started_at = CASE WHEN attempt = 1 THEN NULL ELSE started_at END, {RELEASED}"
+    f" WHERE {HELD}"
+)
+RENEW_LEASES = (
+    "UPDATE jobs SET lease_expires_at = $3"
+    " WHERE id = ANY($1::bigint[]) AND status = 'running' AND locked_by = $2"
+)
+RESCUE_EXPIRED_LEASES = (
+    "UPDATE jobs SET"
+    " status = CASE WHEN attempt >= max_attempts THEN 'failed' ELSE 'queued' END,"
+    " finished_at = CASE WHEN attempt >= max_attempts THEN $1 END,"
+    f" errors = (errors::jsonb || jsonb_build_array($2::text))::json, {RELEASED}"
+    " WHERE status = 'running' AND lease_expires_at < $1"
+)
+NEXT_RUN_AT = "SELECT min(run_at) FROM jobs WHERE status = 'queued'"
+GET_JOB = f"SELECT {COLUMNS} FROM jobs WHERE id = $1"
+NEWEST_FIRST = "ORDER BY inserted_at DESC, id DESC"
+LIST_JOBS = f"SELECT {COLUMNS} FROM jobs {NEWEST_FIRST} LIMIT $1 OFFSET $2"
+LIST_JOBS_BY_STATUS = (
+    f"SELECT {COLUMNS} FROM jobs WHERE status = $3 {NEWEST_FIRST} LIMIT $1 OFFSET $2"
+)
+COUNT_JOBS = "SELECT status, count(*) FROM jobs GROUP BY status"
+
+
+class PostgresJobStore:
+    """Jobs in PostgreSQL, shared by every instance that points DATABASE_URL at it."""
+
+    def __init__(
+        self,
+        database_url: str,
+        clock: Clock,
+        *,
+        notify: bool = True,
+        lease_seconds: float = 30.0,
+        connect_timeout: float = 30.0,
+    ) -> None:
+        # asyncpg speaks plain postgresql:// URLs; SQLAlchemy-style ones name a driver.
+        self._dsn = database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+        self._clock = clock
+        self._notify = notify
+        self._lease = timedelta(seconds=lease_seconds)
+        self._connect_timeout = connect_timeout
+        # Names this process in `locked_by`, so its outcomes and renewals touch only its jobs.
+        self._instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._listeners: list[Callable[[], None]] = []
+        self._writer = GroupCommitter(self._commit)
+        self._pool: asyncpg.Pool | None = None
+        self._notifications: asyncpg.Connection | None = None
+        self._held: set[int] = set()
+        self._lease_keeper: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        self._pool = await self._connect()
+        await self._create_schema()
+        if self._notify:
+            self._notifications = await asyncpg.connect(self._dsn)
+            await self._notifications.add_listener(NOTIFY_CHANNEL, self._on_notification)
+        self._lease_keeper = asyncio.create_task(self._keep_leases())
+
+    async def close(self) -> None:
+        if self._lease_keeper is not None:
+            self._lease_keeper.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._lease_keeper
+        await self._writer.drain()
+        if self._notifications is not None:
+            await self._notifications.close()
+        if self._pool is not None:
+            await self._pool.close()
+
+    async def ping(self) -> None:
+        await self._fetch("SELECT 1")
+
+    def subscribe(self, on_new_jobs: Callable[[], None]) -> None:
+        self._listeners.append(on_new_jobs)
+
+    async def insert_job(self, new_job: NewJob) -> Job:
+        return (await self.insert_all_jobs([new_job]))[0]
+
+    async def insert_all_jobs(self, new_jobs: Sequence[NewJob]) -> list[Job]:
+        now = self._clock.now()
+        ids: list[int] = await self._writer.write(self._insert_jobs, (now, new_jobs))
+        self._wake_local_workers()
+        return [
+            Job(
+                id=job_id,
+                payload=new_job.payload,
+                max_attempts=new_job.max_attempts,
+                run_at=new_job.run_at or now,
+                inserted_at=now,
+            )
+            for new_job, job_id in zip(new_jobs, ids, strict=True)
+        ]
+
+    async def fetch_jobs(self, limit: int) -> list[Job]:
+        claimed: list[Job] = await self._writer.write(self._claim_jobs, limit)
+        return claimed
+
+    async def complete_job(self, job: Job, result: Any) -> None:
+        change = (job.id, self._instance, result, self._clock.now())
+        await self._writer.write(self._complete_jobs, change)
+        self._held.discard(_id(job))
+
+    async def error_job(self, job: Job, error: str, retry_at: datetime | None) -> None:
+        errors = [*job.errors, error]
+        change: tuple[Any, ...]
+        if retry_at is None:
+            now = self._clock.now()
+            change = (job.id, self._instance, JobStatus.FAILED.value, errors, job.run_at, now)
+        else:
+            change = (job.id, self._instance, JobStatus.QUEUED.value, errors, retry_at, None)
+        await self._writer.write(self._fail_attempts, change)
+        self._held.discard(_id(job))
+
+    async def release_jobs(self, jobs: Sequence[Job]) -> None:
+        held = [(job.id, self._instance) for job in jobs]
+        await asyncio.gather(*(self._writer.write(self._release_jobs, job) for job in held))
+        self._held.difference_update(_id(job) for job in jobs)
+
+    async def rescue_orphaned_jobs(self) -> int:
+        rescued: int = await self._writer.write(self._rescue_expired_leases, self._clock.now())
+        if rescued:
+            self._wake_local_workers()
+        return rescued
+
+    async def next_run_at(self) -> datetime | None:
+        rows = await self._fetch(NEXT_RUN_AT)
+        next_run_at: datetime | None = rows[0][0]
+        return next_run_at
+
+    async def get_job(self, job_id: int) -> Job | None:
+        rows = await self._fetch(GET_JOB, job_id)
+        return _job_from_row(rows[0]) if rows else None
+
+    async def list_jobs(self, status: JobStatus | None, limit: int, offset: int) -> list[Job]:
+        if status is None:
+            rows = await self._fetch(LIST_JOBS, limit, offset)
+        else:
+            rows = await self._fetch(LIST_JOBS_BY_STATUS, limit, offset, status.value)
+        return [_job_from_row(row) for row in rows]
+
+    async def count_jobs(self) -> dict[JobStatus, int]:
+        rows = await self._fetch(COUNT_JOBS)
+        return {JobStatus(status): count for status, count in rows}
+
+    # Batches: each runs once per group commit, with the items of every caller in the group.
+
+    async def _insert_jobs(
+        self, conn: asyncpg.Connection, requests: list[tuple[datetime, Sequence[NewJob]]]
+    ) -> list[list[int]]:
+        ids = []
+        for now, new_jobs in requests:
+            rows = await conn.fetch(
+                INSERT_JOBS,
+                [new_job.payload for new_job in new_jobs],
+                [new_job.max_attempts for new_job in new_jobs],
+                [new_job.run_at or now for new_job in new_jobs],
+                now,
+            )
+            # The id sequence hands out ids in the order unnest yields the rows; RETURNING
+            # promises no order, so sorting restores the callers' order.
+            ids.append(sorted(row[0] for row in rows))
+        if self._notify:
+            await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+        return ids
+
+    async def _claim_jobs(self, conn: asyncpg.Connection, limits: list[int]) -> list[list[Job]]:
+        claimed = []
+        for limit in limits:
+            now = self._clock.now()
+            rows = await conn.fetch(CLAIM_DUE_JOBS, now, self._instance, now + self._lease, limit)
+            batch = sorted((_job_from_row(row) for row in rows), key=lambda j: (j.run_at, j.id))
+            self._held.update(_id(job) for job in batch)
+            claimed.append(batch)
+        return claimed
+
+    async def _complete_jobs(self, conn: asyncpg.Connection, changes: list[Any]) -> list[None]:
+        await conn.executemany(COMPLETE_JOB, changes)
+        return [None] * len(changes)
+
+    async def _fail_attempts(self, conn: asyncpg.Connection, changes: list[Any]) -> list[None]:
+        await conn.executemany(FAIL_ATTEMPT, changes)
+        return [None] * len(changes)
+
+    async def _release_jobs(self, conn: asyncpg.Connection, jobs: list[Any]) -> list[None]:
+        await conn.executemany(RELEASE_JOB, jobs)
+        return [None] * len(jobs)
+
+    async def _rescue_expired_leases(
+        self, conn: asyncpg.Connection, moments: list[datetime]
+    ) -> list[int]:
+        rescued = []
+        for now in moments:
+            status = await conn.execute(RESCUE_EXPIRED_LEASES, now, LOST_LEASE_EXPIRED)
+            rescued.append(int(status.rpartition(" ")[2]))
+        if any(rescued) and self._notify:
+            await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
+        return rescued
+
+    async def _commit(self, group: Group) -> Group:
+        async with self._connection() as conn, conn.transaction():
+            results: Group = {}
+            for batch, items in group.items():
+                apply: Batch = batch  # type: ignore[assignment]
+                results[batch] = await apply(conn, items)
+            return results
+
+    async def _keep_leases(self) -> None:
+        """Renew this instance's leases, and rescue other instances' expired ones."""
+        interval = self._lease.total_seconds() / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if self._held:
+                    now = self._clock.now()
+                    held = list(self._held)
+                    await self._execute(RENEW_LEASES, held, self._instance, now + self._lease)
+                if rescued := await self.rescue_orphaned_jobs():
+                    logger.warning("Requeued %d jobs whose instance stopped renewing them", rescued)
+            except StoreUnavailable as exc:
+                logger.error("Could not renew job leases: %s", exc)
+
+    def _on_notification(self, *_: object) -> None:
+        self._wake_local_workers()
+
+    def _wake_local_workers(self) -> None:
+        for notify in self._listeners:
+            notify()
+
+    async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        async with self._connection() as conn:
+            rows: list[asyncpg.Record] = await conn.fetch(query, *args)
+            return rows
+
+    async def _execute(self, query: str, *args: Any) -> None:
+        async with self._connection() as conn:
+            await conn.execute(query, *args)
+
+    def _connection(self) -> "_PooledConnection":
+        if self._pool is None:
+            raise StoreUnavailable("the store is not open")
+        return _PooledConnection(self._pool)
+
+    async def _connect(self) -> asyncpg.Pool:
+        """A connection pool, retrying for a while so the service can start beside its database."""
+        deadline = time.monotonic() + self._connect_timeout
+        delay = 0.2
+        while True:
+            try:
+                pool: asyncpg.Pool = await asyncpg.create_pool(
+                    self._dsn, min_size=2, max_size=10, init=_set_up_connection
+                )
+                return pool
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise StoreUnavailable(f"cannot reach the database: {exc}") from exc
+                logger.warning("Database not reachable yet (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _create_schema(self) -> None:
+        table = JobRow.metadata.tables["jobs"]
+        dialect = PGDialect()  # type: ignore[no-untyped-call]  # untyped in SQLAlchemy
+        statements = [str(CreateTable(table, if_not_exists=True).compile(dialect=dialect))]
+        statements += [
+            str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect))
+            for index in sorted(table.indexes, key=lambda index: str(index.name))
+        ]
+        async with self._connection() as conn, conn.transaction():
+            # IF NOT EXISTS alone still races when instances start together.
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
+            for statement in statements:
+                await conn.execute(statement)
+
+
+class _PooledConnection:
+    """A pool connection whose connection errors surface as StoreUnavailable."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._acquiring = pool.acquire()
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        try:
+            conn: asyncpg.Connection = await self._acquiring.__aenter__()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            raise StoreUnavailable(str(exc)) from exc
+        return conn
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self._acquiring.__aexit__(*exc_info)
+        error = exc_info[1]
+        if isinstance(error, OSError | asyncpg.PostgresConnectionError | asyncpg.InterfaceError):
+            raise StoreUnavailable(str(error)) from error
+
+
+async def _set_up_connection(conn: asyncpg.Connection) -> None:
+    # `json`, not `jsonb`: it keeps payloads exactly as sent, "\u0000" included.
+    await conn.set_type_codec(
+        "json", encoder=dumps, decoder=orjson.loads, schema="pg_catalog", format="text"
+    )
+
+
+def _job_from_row(row: asyncpg.Record) -> Job:
+    return Job(**dict(row.items()))
+
+
+def _id(job: Job) -> int:
+    assert job.id is not None
+    return job.id

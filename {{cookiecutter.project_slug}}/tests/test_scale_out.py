@@ -1,0 +1,201 @@
+"""Several instances on one database: API-only and worker-only processes, real and separate.
+
+Every instance runs the real service (`__main__.main`) with one extra task, `record`, which
+writes each execution into a table, so the tests can count how often every job ran.
+"""
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from .conftest import free_port, poll_until, run_sql
+
+INSTANCE = """
+import asyncio
+import os
+
+import asyncpg
+
+from {{ cookiecutter.package_name }}.__main__ import main
+from {{ cookiecutter.package_name }}.jobs.tasks import registry
+
+pools = []
+opening = asyncio.Lock()
+
+
+@registry.task("record")
+async def record(job):
+    async with opening:
+        if not pools:
+            url = os.environ["DATABASE_URL"]
+            pools.append(await asyncpg.create_pool(url, min_size=1, max_size=4))
+    await asyncio.sleep(job.payload.get("seconds", 0))
+    await pools[0].execute(
+        "INSERT INTO executions (job_id, pid) VALUES ($1, $2)", job.id, os.getpid()
+    )
+    return {"pid": os.getpid()}
+
+
+main()
+"""
+
+
+class Instance:
+    """One service process: `api` serves HTTP only, `worker` runs jobs only."""
+
+    def __init__(self, role: str, env: dict[str, str], log_path: Path) -> None:
+        self.role = role
+        self.port = free_port()
+        self.log_path = log_path
+        roles = {"api": ("true", "false"), "worker": ("false", "true")}
+        start_http, start_workers = roles[role]
+        with log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", INSTANCE],
+                env={
+                    **env,
+                    "PORT": str(self.port),
+                    "START_HTTP": start_http,
+                    "START_WORKERS": start_workers,
+                },
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def wait_until_ready(self) -> None:
+        def ready() -> bool:
+            if self.process.poll() is not None:
+                pytest.fail(f"the {self.role} instance exited: {self.log_path.read_text()}")
+            if self.role == "worker":
+                return "Worker started" in self.log_path.read_text()
+            try:
+                return httpx.get(f"http://127.0.0.1:{self.port}/health").status_code == 200
+            except httpx.TransportError:
+                return False
+
+        poll_until(ready, 30, f"the {self.role} instance to start")
+
+    def end(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+@pytest.fixture
+def cluster(
+    service_env: dict[str, str], store_settings: dict[str, Any], tmp_path: Path
+) -> Iterator[list[Instance]]:
+    """One API-only instance, then three worker-only instances, all on this test's schema."""
+    run_sql(
+        store_settings["database_url"],
+        "CREATE TABLE executions (job_id bigint NOT NULL, pid int NOT NULL)",
+    )
+    env = {**service_env, "WORKER_POOL_SIZE": "4", "JOB_LEASE_SECONDS": "2"}
+    instances = [
+        Instance(role, env, tmp_path / f"{role}-{number}.log")
+        for number, role in enumerate(["api", "worker", "worker", "worker"])
+    ]
+    try:
+        for instance in instances:
+            instance.wait_until_ready()
+        yield instances
+    finally:
+        for instance in instances:
+            instance.end()
+        for instance in instances:
+            print(f"--- {instance.log_path.name}\n{instance.log_path.read_text()[-3000:]}")
+
+
+def submit(api: Instance, payloads: list[dict[str, Any]]) -> list[int]:
+    """POST every payload to the API instance, 32 at a time; return the job ids."""
+
+    async def post_all() -> list[int]:
+        limit = asyncio.Semaphore(32)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{api.port}") as client:
+
+            async def post(payload: dict[str, Any]) -> int:
+                async with limit:
+                    response = await client.post("/jobs", json={"payload": payload})
+                assert response.status_code == 202, response.text
+                job_id: int = response.json()["job_id"]
+                return job_id
+
+            return await asyncio.gather(*(post(payload) for payload in payloads))
+
+    return asyncio.run(post_all())
+
+
+def query(url: str, sql: str) -> list[asyncpg.Record]:
+    async def fetch() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(url)
+        try:
+            rows: list[asyncpg.Record] = await conn.fetch(sql)
+            return rows
+        finally:
+            await conn.close()
+
+    return asyncio.run(fetch())
+
+
+def wait_until_all_done(url: str, count: int, timeout: float) -> None:
+    def all_done() -> bool:
+        counts = dict(query(url, "SELECT status, count(*) FROM jobs GROUP BY status"))
+        if counts.get("failed"):
+            pytest.fail(f"jobs failed: {counts}")
+        return bool(counts.get("done") == count)
+
+    poll_until(all_done, timeout, f"{count} jobs to be done")
+
+
+def test_jobs_submitted_to_an_api_instance_run_exactly_once_across_three_workers(
+    cluster: list[Instance], store_settings: dict[str, Any]
+) -> None:
+    url = store_settings["database_url"]
+    api, *workers = cluster
+
+    job_ids = submit(api, [{"task": "record"}] * 5000)
+    wait_until_all_done(url, 5000, timeout=120)
+
+    runs = query(url, "SELECT job_id, count(*) AS runs FROM executions GROUP BY job_id")
+    assert sorted(row["job_id"] for row in runs) == sorted(job_ids)
+    assert {row["runs"] for row in runs} == {1}
+    pids = {row["pid"] for row in query(url, "SELECT DISTINCT pid FROM executions")}
+    assert pids <= {worker.process.pid for worker in workers}
+    assert len(pids) > 1, "one worker instance did all the work"
+
+
+def test_a_killed_workers_jobs_finish_on_the_others_once_its_leases_expire(
+    cluster: list[Instance], store_settings: dict[str, Any]
+) -> None:
+    url = store_settings["database_url"]
+    api, victim, *_ = cluster
+    job_ids = submit(api, [{"task": "record", "seconds": 0.2}] * 300)
+
+    def victim_is_running_jobs() -> bool:
+        held = f"SELECT count(*) FROM jobs WHERE locked_by LIKE '%:{victim.process.pid}:%'"
+        return bool(query(url, held)[0][0] > 0)
+
+    poll_until(victim_is_running_jobs, 30, "the victim to run jobs")
+    victim.process.kill()
+    victim.process.wait()
+    wait_until_all_done(url, 300, timeout=90)
+
+    jobs = [(row["attempt"], json.loads(row["errors"])) for row in query(url, "SELECT * FROM jobs")]
+    lost = [(attempt, errors) for attempt, errors in jobs if errors]
+    assert lost, "no job was running on the killed instance"
+    assert set(map(str, lost)) == {str((2, ["lost: lease expired"]))}
+    executed = {row["job_id"] for row in query(url, "SELECT DISTINCT job_id FROM executions")}
+    assert executed == set(job_ids)
