@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from {{ cookiecutter.package_name }}.jobs.model import Job, JobStatus
 from {{ cookiecutter.package_name }}.jobs.store import JobStore, NewJob
 {%- if cookiecutter.job_store == "sqlite" %}
-from {{ cookiecutter.package_name }}.jobs.store.base import LOST_WORKER_STOPPED
+from {{ cookiecutter.package_name }}.jobs.store.sqlite import LOST_WORKER_STOPPED
 {%- elif cookiecutter.job_store == "postgres" %}
 from {{ cookiecutter.package_name }}.jobs.store.postgres import LOST_LEASE_EXPIRED
 {%- endif %}

@@ -49,7 +49,7 @@ from .settings import Settings
 
 BARE_PATH = "/bench/bare"
 JOB_BODY = b'{"payload": {"task": "noop", "value": 42}}'
-{%- if cookiecutter.job_store == "sqlite" %}
+{%- if cookiecutter.job_store != "memory" %}
 # Ingest alone (an API-only process), then the usual process that also runs the jobs.
 WORKER_MODES = (False, True)
 {%- else %}
@@ -70,23 +70,30 @@ def main() -> None:
     if args.serve:
         serve_with_bare_endpoint(args.serve)
         return
+    run_benchmarks(args)
+
+
+@contextmanager
+def empty_store() -> Iterator[None]:
+    """Point DATABASE_URL at a new, empty store for one benchmark, and remove it afterwards."""
 {%- if cookiecutter.job_store == "sqlite" %}
     with tempfile.TemporaryDirectory() as scratch:
         os.environ["DATABASE_URL"] = f"sqlite:///{scratch}/bench.db"
-        run_benchmarks(args)
+        yield
 {%- elif cookiecutter.job_store == "postgres" %}
-    # A schema of its own in DATABASE_URL's database, dropped at the end.
-    database_url = Settings().database_url
+    # A schema of its own in the database the settings name.
+    database_url = os.environ.setdefault("BENCH_DATABASE_URL", Settings().database_url)
     schema = f"bench_{uuid.uuid4().hex[:8]}"
     asyncio.run(run_sql(database_url, f"CREATE SCHEMA {schema}"))
     separator = "&" if "?" in database_url else "?"
     os.environ["DATABASE_URL"] = f"{database_url}{separator}search_path={schema}"
     try:
-        run_benchmarks(args)
+        yield
     finally:
         asyncio.run(run_sql(database_url, f"DROP SCHEMA {schema} CASCADE"))
 {%- else %}
-    run_benchmarks(args)
+    # Every process starts with an empty store of its own.
+    yield
 {%- endif %}
 
 
@@ -97,15 +104,21 @@ def run_benchmarks(args: argparse.Namespace) -> None:
     store_name = type(make_store(settings, SystemClock())).__name__
     print(f"{store_name}, pool size {settings.worker_pool_size}, {os.cpu_count()} CPUs")
     for workers in WORKER_MODES:
-        bench_http(args.requests, args.connections, workers=workers)
-    asyncio.run(bench_end_to_end(args.jobs))
-    asyncio.run(bench_wakeup(args.wakeups))
+        with empty_store():
+            bench_http(args.requests, args.connections, workers=workers)
+    with empty_store():
+        asyncio.run(bench_end_to_end(args.jobs))
+    with empty_store():
+        asyncio.run(bench_wakeup(args.wakeups))
 {%- if cookiecutter.job_store == "postgres" %}
-    asyncio.run(bench_worker_processes(args.jobs, processes=2))
-    asyncio.run(bench_cross_instance_wakeup(args.wakeups))
+    with empty_store():
+        asyncio.run(bench_worker_processes(args.jobs, processes=2))
+    with empty_store():
+        asyncio.run(bench_cross_instance_wakeup(args.wakeups))
 {%- endif %}
     if args.large_store:
-        asyncio.run(bench_large_store(args.large_store))
+        with empty_store():
+            asyncio.run(bench_large_store(args.large_store))
 
 
 def serve_with_bare_endpoint(port: int) -> None:
@@ -289,7 +302,8 @@ async def bench_cross_instance_wakeup(samples: int) -> None:
 def worker_instances(count: int) -> Iterator[None]:
     """`count` worker-only instances of the service (`python -m`) on this database."""
     env = {**os.environ, "START_HTTP": "false", "LOG_LEVEL": "warning"}
-    package = __name__.rpartition(".")[0]
+    package = __spec__.parent
+    assert package, "run as python -m <package>.bench"
     workers = [subprocess.Popen([sys.executable, "-m", package], env=env) for _ in range(count)]
     try:
         yield

@@ -11,8 +11,6 @@ from typing import Any, Protocol
 
 from ..model import Job, JobStatus
 
-LOST_WORKER_STOPPED = "lost: worker stopped"
-
 
 class StoreUnavailable(Exception):
     """The store cannot be reached or cannot do its work right now."""

@@ -49,10 +49,14 @@ COLUMNS = (
     " result, errors"
 )
 INSERT_JOBS = (
-    "INSERT INTO jobs (payload, status, attempt, max_attempts, run_at, inserted_at, errors)"
-    " SELECT payload, 'queued', 0, max_attempts, run_at, $4, '[]'::json"
-    " FROM unnest($1::json[], $2::int[], $3::timestamptz[]) AS new(payload, max_attempts, run_at)"
-    " RETURNING id"
+    "WITH inserted AS ("
+    " INSERT INTO jobs (payload, status, attempt, max_attempts, run_at, inserted_at, errors)"
+    " SELECT payload, 'queued', 0, max_attempts, run_at, inserted_at, '[]'::json"
+    " FROM unnest($1::json[], $2::int[], $3::timestamptz[], $4::timestamptz[])"
+    " AS new(payload, max_attempts, run_at, inserted_at)"
+    " RETURNING id)"
+    # NOTIFYs with the same payload in one transaction are delivered once.
+    f" SELECT id, CASE WHEN $5 THEN pg_notify('{NOTIFY_CHANNEL}', '') END FROM inserted"
 )
 CLAIM_DUE_JOBS = (
     "UPDATE jobs SET status = 'running', attempt = attempt + 1, started_at = $1,"
@@ -224,21 +228,20 @@ class PostgresJobStore:
     async def _insert_jobs(
         self, conn: asyncpg.Connection, requests: list[tuple[datetime, Sequence[NewJob]]]
     ) -> list[list[int]]:
-        ids = []
-        for now, new_jobs in requests:
-            rows = await conn.fetch(
-                INSERT_JOBS,
-                [new_job.payload for new_job in new_jobs],
-                [new_job.max_attempts for new_job in new_jobs],
-                [new_job.run_at or now for new_job in new_jobs],
-                now,
-            )
-            # The id sequence hands out ids in the order unnest yields the rows; RETURNING
-            # promises no order, so sorting restores the callers' order.
-            ids.append(sorted(row[0] for row in rows))
-        if self._notify:
-            await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
-        return ids
+        # One statement for every caller in the group.
+        rows = [(new_job, now) for now, new_jobs in requests for new_job in new_jobs]
+        inserted = await conn.fetch(
+            INSERT_JOBS,
+            [new_job.payload for new_job, _ in rows],
+            [new_job.max_attempts for new_job, _ in rows],
+            [new_job.run_at or now for new_job, now in rows],
+            [now for _, now in rows],
+            self._notify,
+        )
+        # The id sequence hands out ids in the order unnest yields the rows; RETURNING
+        # promises no order, so sorting restores the callers' order.
+        ids = iter(sorted(row[0] for row in inserted))
+        return [[next(ids) for _ in new_jobs] for _, new_jobs in requests]
 
     async def _claim_jobs(self, conn: asyncpg.Connection, limits: list[int]) -> list[list[Job]]:
         claimed = []
@@ -274,12 +277,22 @@ class PostgresJobStore:
         return rescued
 
     async def _commit(self, group: Group) -> Group:
-        async with self._connection() as conn, conn.transaction():
-            results: Group = {}
-            for batch, items in group.items():
-                apply: Batch = batch  # type: ignore[assignment]
-                results[batch] = await apply(conn, items)
-            return results
+        async with self._connection() as conn:
+            if list(group) == [self._insert_jobs]:
+                # Inserts alone are one statement, atomic by itself: no BEGIN and COMMIT
+                # round trips.
+                return {self._insert_jobs: await self._insert_jobs(conn, group[self._insert_jobs])}
+            async with conn.transaction():
+                if self._insert_jobs not in group:
+                    # Claims and outcomes need not wait for the WAL flush: if the database
+                    # itself crashes and loses the last of them, those jobs come back through
+                    # their leases and run again; accepted jobs (inserts) always wait for it.
+                    await conn.execute("SET LOCAL synchronous_commit = off")
+                results: Group = {}
+                for batch, items in group.items():
+                    apply: Batch = batch  # type: ignore[assignment]
+                    results[batch] = await apply(conn, items)
+                return results
 
     async def _keep_leases(self) -> None:
         """Renew this instance's leases, and rescue other instances' expired ones."""

@@ -26,10 +26,11 @@ from sqlmodel import SQLModel
 from ..clock import Clock
 from ..codec import dumps
 from ..model import Job, JobRow, JobStatus
-from .base import LOST_WORKER_STOPPED, NewJob, StoreUnavailable
+from .base import NewJob, StoreUnavailable
 from .group_commit import Group, GroupCommitter
 
 T = TypeVar("T")
+LOST_WORKER_STOPPED = "lost: worker stopped"
 logger = logging.getLogger(__name__)
 # Seconds between checkpoints of the write-ahead log (when anything was written).
 CHECKPOINT_INTERVAL = 1.0
