@@ -7,7 +7,9 @@ Everything that depends on which job store this project was generated with lives
 import asyncio
 import inspect
 import os
+import signal
 import socket
+import subprocess
 import time
 {%- if cookiecutter.job_store == "postgres" %}
 import uuid
@@ -79,6 +81,17 @@ def poll_until(
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout:g}s waiting for {message}")
         time.sleep(0.02)
+
+
+def stop(process: "subprocess.Popen[bytes]") -> None:
+    """End a child process if it still runs: SIGTERM, then SIGKILL if it lingers."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def free_port() -> int:

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import free_port, poll_until
+from .conftest import free_port, poll_until, stop
 
 PACKAGE = "{{ cookiecutter.package_name }}"
 
@@ -65,13 +65,7 @@ class Service:
     def end(self) -> None:
         """Stop the process if it still runs: SIGTERM, then SIGKILL if it lingers."""
         self.http.close()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop(self.process)
 
 
 ServiceStarter = Callable[..., Service]

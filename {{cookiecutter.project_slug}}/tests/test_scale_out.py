@@ -6,7 +6,6 @@ writes each execution into a table, so the tests can count how often every job r
 
 import asyncio
 import json
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ import asyncpg
 import httpx
 import pytest
 
-from .conftest import free_port, poll_until, run_sql
+from .conftest import free_port, poll_until, run_sql, stop
 
 INSTANCE = """
 import asyncio
@@ -84,15 +83,6 @@ class Instance:
 
         poll_until(ready, 30, f"the {self.role} instance to start")
 
-    def end(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
 
 @pytest.fixture
 def cluster(
@@ -114,7 +104,7 @@ def cluster(
         yield instances
     finally:
         for instance in instances:
-            instance.end()
+            stop(instance.process)
         for instance in instances:
             print(f"--- {instance.log_path.name}\n{instance.log_path.read_text()[-3000:]}")
 

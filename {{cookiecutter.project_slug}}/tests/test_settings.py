@@ -177,20 +177,23 @@ def test_turning_off_both_http_and_workers_is_refused(monkeypatch: pytest.Monkey
         load_settings()
 
 
-def test_a_bad_setting_stops_start_up_with_one_line_and_no_traceback(
-    service_env: dict[str, str], tmp_path: Path
-) -> None:
-    env = {**service_env, "PORT": "abc"}
-
-    finished = subprocess.run(
+def run_service(env: dict[str, str], cwd: Path) -> "subprocess.CompletedProcess[str]":
+    """Run `python -m` the way a user would, until it exits."""
+    return subprocess.run(
         [sys.executable, "-m", "{{ cookiecutter.package_name }}"],
         env=env,
-        cwd=tmp_path,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=30,
         check=False,
     )
+
+
+def test_a_bad_setting_stops_start_up_with_one_line_and_no_traceback(
+    service_env: dict[str, str], tmp_path: Path
+) -> None:
+    finished = run_service({**service_env, "PORT": "abc"}, tmp_path)
 
     assert finished.returncode != 0
     lines = finished.stderr.splitlines()
@@ -203,21 +206,10 @@ def test_a_bad_setting_stops_start_up_with_one_line_and_no_traceback(
 def test_an_unreachable_database_stops_start_up_with_a_clear_line(
     service_env: dict[str, str], tmp_path: Path
 ) -> None:
-    env = {
-        **service_env,
-        "DATABASE_URL": "postgresql://postgres@127.0.0.1:1/jobs",
-        "DATABASE_CONNECT_TIMEOUT": "1",
-    }
+    unreachable = {"DATABASE_URL": "postgresql://postgres@127.0.0.1:1/jobs"}
+    env = {**service_env, **unreachable, "DATABASE_CONNECT_TIMEOUT": "1"}
 
-    finished = subprocess.run(
-        [sys.executable, "-m", "{{ cookiecutter.package_name }}"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    finished = run_service(env, tmp_path)
 
     assert finished.returncode != 0
     last_line = finished.stderr.splitlines()[-1]

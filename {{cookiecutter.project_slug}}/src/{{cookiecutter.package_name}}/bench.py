@@ -75,7 +75,7 @@ def main() -> None:
 
 @contextmanager
 def empty_store() -> Iterator[None]:
-    """Point DATABASE_URL at a new, empty store for one benchmark, and remove it afterwards."""
+    """Give the next benchmark a new, empty store, and remove it afterwards."""
 {%- if cookiecutter.job_store == "sqlite" %}
     with tempfile.TemporaryDirectory() as scratch:
         os.environ["DATABASE_URL"] = f"sqlite:///{scratch}/bench.db"

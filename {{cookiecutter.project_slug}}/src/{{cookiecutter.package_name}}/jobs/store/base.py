@@ -25,6 +25,16 @@ class NewJob:
     # None means "now"; a moment in the past also means "now".
     run_at: datetime | None = None
 
+    def inserted(self, job_id: int, now: datetime) -> Job:
+        """The job as a store has just inserted it, with id `job_id`, at `now`."""
+        return Job(
+            id=job_id,
+            payload=self.payload,
+            max_attempts=self.max_attempts,
+            run_at=self.run_at or now,
+            inserted_at=now,
+        )
+
 
 class JobStore(Protocol):
     async def open(self) -> None:

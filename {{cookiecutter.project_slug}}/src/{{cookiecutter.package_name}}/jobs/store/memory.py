@@ -45,13 +45,7 @@ class MemoryJobStore:
         inserted = []
         for new_job in new_jobs:
             job_id = len(self._jobs) + 1
-            job = Job(
-                id=job_id,
-                payload=new_job.payload,
-                max_attempts=new_job.max_attempts,
-                run_at=new_job.run_at or now,
-                inserted_at=now,
-            )
+            job = new_job.inserted(job_id, now)
             self._jobs[job_id] = job
             self._enqueue(job)
             self._counts[JobStatus.QUEUED] += 1

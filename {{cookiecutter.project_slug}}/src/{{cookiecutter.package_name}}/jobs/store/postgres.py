@@ -162,14 +162,7 @@ class PostgresJobStore:
         ids: list[int] = await self._writer.write(self._insert_jobs, (now, new_jobs))
         self._wake_local_workers()
         return [
-            Job(
-                id=job_id,
-                payload=new_job.payload,
-                max_attempts=new_job.max_attempts,
-                run_at=new_job.run_at or now,
-                inserted_at=now,
-            )
-            for new_job, job_id in zip(new_jobs, ids, strict=True)
+            new_job.inserted(job_id, now) for new_job, job_id in zip(new_jobs, ids, strict=True)
         ]
 
     async def fetch_jobs(self, limit: int) -> list[Job]:
@@ -284,7 +277,7 @@ class PostgresJobStore:
                 return {self._insert_jobs: await self._insert_jobs(conn, group[self._insert_jobs])}
             async with conn.transaction():
                 if self._insert_jobs not in group:
-                    # Claims and outcomes need not wait for the WAL flush: if the database
+                    # Claims and outcomes need not wait for the disk flush: if the database
                     # itself crashes and loses the last of them, those jobs come back through
                     # their leases and run again; accepted jobs (inserts) always wait for it.
                     await conn.execute("SET LOCAL synchronous_commit = off")

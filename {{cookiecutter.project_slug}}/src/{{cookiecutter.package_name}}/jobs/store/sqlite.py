@@ -152,14 +152,7 @@ class SqliteJobStore:
         for notify in self._listeners:
             notify()
         return [
-            Job(
-                id=job_id,
-                payload=new_job.payload,
-                max_attempts=new_job.max_attempts,
-                run_at=new_job.run_at or now,
-                inserted_at=now,
-            )
-            for new_job, job_id in zip(new_jobs, ids, strict=True)
+            new_job.inserted(job_id, now) for new_job, job_id in zip(new_jobs, ids, strict=True)
         ]
 
     async def fetch_jobs(self, limit: int) -> list[Job]:
