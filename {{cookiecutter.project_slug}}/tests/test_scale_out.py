@@ -16,7 +16,12 @@ import asyncpg
 import httpx
 import pytest
 
-from .conftest import free_port, poll_until, run_sql, stop
+from {{ cookiecutter.package_name }}.jobs.clock import SystemClock
+from {{ cookiecutter.package_name }}.jobs.engine import Engine
+from {{ cookiecutter.package_name }}.jobs.registry import TaskRegistry
+from {{ cookiecutter.package_name }}.jobs.store import NewJob, make_store
+
+from .conftest import SettingsFactory, free_port, poll_until, run_sql, stop, wait_until
 
 INSTANCE = """
 import asyncio
@@ -189,3 +194,53 @@ def test_a_killed_workers_jobs_finish_on_the_others_once_its_leases_expire(
     assert set(map(str, lost)) == {str((2, ["lost: lease expired"]))}
     executed = {row["job_id"] for row in query(url, "SELECT DISTINCT job_id FROM executions")}
     assert executed == set(job_ids)
+
+
+async def run_engine_until_done(
+    make_settings: SettingsFactory, *, notify: bool, poll_interval: float, within: float
+) -> None:
+    """Insert a job through one store; an engine on another store must finish it `within`."""
+    clock = SystemClock()
+    settings = make_settings(database_notify=notify)
+    worker_store, other_instance = make_store(settings, clock), make_store(settings, clock)
+    await worker_store.open()
+    await other_instance.open()
+    engine = Engine(
+        worker_store,
+        TaskRegistry(),
+        clock,
+        pool_size=1,
+        backoff_base=1,
+        backoff_max=1,
+        poll_interval=poll_interval,
+    )
+    await engine.start()
+    try:
+        await asyncio.sleep(0.2)  # the engine has looked once and found nothing: it is idle
+        job = await other_instance.insert_job(NewJob(payload={}))
+        assert job.id is not None
+
+        job_id = job.id
+
+        async def done() -> bool:
+            found = await other_instance.get_job(job_id)
+            return found is not None and found.status == "done"
+
+        await wait_until(done, timeout=within, message="the job inserted elsewhere to finish")
+    finally:
+        await engine.stop(0)
+        await worker_store.close()
+        await other_instance.close()
+
+
+async def test_notify_wakes_an_idle_worker_of_another_instance_at_once(
+    make_settings: SettingsFactory,
+) -> None:
+    # Polling alone would take a minute.
+    await run_engine_until_done(make_settings, notify=True, poll_interval=60, within=2)
+
+
+async def test_with_notify_off_an_idle_worker_still_finds_jobs_by_polling(
+    make_settings: SettingsFactory,
+) -> None:
+    await run_engine_until_done(make_settings, notify=False, poll_interval=0.3, within=5)
