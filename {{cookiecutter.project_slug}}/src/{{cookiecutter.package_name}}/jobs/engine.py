@@ -103,6 +103,8 @@ class Engine:
             try:
                 await self._dispatch()
             except Exception:
+                if self._dispatching:  # it had been working: start the pauses over
+                    delay = 0.1
                 self._dispatching = False
                 logger.exception("Job dispatcher crashed; restarting in %.1fs", delay)
                 with suppress(TimeoutError):
