@@ -10,19 +10,14 @@ from fastapi import FastAPI
 
 from .jobs.clock import SystemClock
 from .jobs.store import StoreUnavailable, make_store
-from .logs import configure_logging
-from .main import create_app
-from .settings import Settings, SettingsError, load_settings
+from .main import create_app, settings_for_process
+from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
 
 def main() -> None:
-    try:
-        settings = load_settings()
-    except SettingsError as exc:
-        sys.exit(f"error: {exc}")
-    configure_logging(settings.log_level)
+    settings = settings_for_process()
     # Reach the store before serving: an unreachable one is one clear line, not a traceback.
     try:
         asyncio.run(check_store(settings))

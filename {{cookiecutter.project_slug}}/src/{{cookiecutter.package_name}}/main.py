@@ -71,14 +71,19 @@ def create_app(
     return app
 
 
-def create_app_from_environment() -> FastAPI:
-    """The app as `uvicorn <package>.main:app` runs it; bad settings exit."""
+def settings_for_process() -> Settings:
+    """Settings from the environment with logging set up; a bad one exits with one line."""
     try:
         settings = load_settings()
     except SettingsError as exc:
         sys.exit(f"error: {exc}")
     configure_logging(settings.log_level)
-    return create_app(settings)
+    return settings
+
+
+def create_app_from_environment() -> FastAPI:
+    """The app as `uvicorn <package>.main:app` runs it."""
+    return create_app(settings_for_process())
 
 
 def __getattr__(name: str) -> FastAPI:
