@@ -161,9 +161,31 @@ def render_in_dev_venv(arguments: list[str]) -> None:
     print(json.dumps({"project_dir": project_dir, "package_name": package_name}))
 
 
+def apt_get(*arguments: str) -> bool:
+    """Run apt-get without questions or progress output; True if it succeeded."""
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    command = ["apt-get", "-q", *arguments]
+    return subprocess.run(command, env=env, stdout=subprocess.DEVNULL, check=False).returncode == 0
+
+
+def ensure_prometheus() -> None:
+    """Install Debian's prometheus package for the dashboard test, when missing and possible.
+
+    Where it cannot be installed, the test skips and says why (REQUIRE_PROMETHEUS=1 fails it).
+    """
+    if shutil.which("prometheus") or not shutil.which("apt-get") or os.geteuid() != 0:
+        return
+    print("Installing prometheus (Debian package) for the dashboard test", flush=True)
+    install = ("install", "-y", "--no-install-recommends", "prometheus")
+    # A fresh machine may not have read the package lists yet.
+    if not apt_get(*install) and not (apt_get("update") and apt_get(*install)):
+        print("WARNING: could not install prometheus; its test will skip", file=sys.stderr)
+
+
 def test(pytest_args: list[str]) -> None:
     """Run the template tests with pytest; exit with pytest's exit code."""
     dev_python = ensure_dev_venv()
+    ensure_prometheus()
     # From the root, pytest.ini's testpaths makes a bare run mean `pytest tests`, while
     # explicit paths such as tests/test_hooks.py still narrow it.
     os.chdir(ROOT)

@@ -1,4 +1,4 @@
-"""Delete the files of the job stores that were not chosen, unless the chosen one uses them.
+"""Delete the files of what was not chosen: other job stores, metrics when they are off.
 
 A rendered project never mentions a backend it does not have. Cookiecutter renders
 this file with Jinja and runs it inside the new project; running it again is harmless.
@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 CHOSEN_JOB_STORE = "{{ cookiecutter.job_store }}"
+USE_METRICS = "{{ cookiecutter.use_metrics }}" == "yes"
 PACKAGE_DIR = Path("src", "{{ cookiecutter.package_name }}")
 STORE_DIR = PACKAGE_DIR / "jobs" / "store"
 
@@ -28,6 +29,14 @@ STORE_FILES: dict[str, tuple[Path, ...]] = {
     ),
 }
 
+# Everything of the metrics feature that is a file of its own.
+METRICS_FILES: tuple[Path, ...] = (
+    PACKAGE_DIR / "metrics.py",
+    PACKAGE_DIR / "api" / "metrics.py",
+    Path("tests", "test_metrics.py"),
+    Path("monitoring"),
+)
+
 
 def remove_path(path: Path) -> None:
     """Delete a file or a directory tree; one that is already gone is fine."""
@@ -43,9 +52,20 @@ def unused_store_files(store: str) -> set[Path]:
     return listed - set(STORE_FILES[store])
 
 
-def main() -> None:
+def remove_unused_store_files() -> None:
     for path in sorted(unused_store_files(CHOSEN_JOB_STORE)):
         remove_path(path)
+
+
+def remove_metrics_files() -> None:
+    for path in METRICS_FILES:
+        remove_path(path)
+
+
+def main() -> None:
+    remove_unused_store_files()
+    if not USE_METRICS:
+        remove_metrics_files()
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import sys
 RENDERED_ANSWERS = r"""{{ cookiecutter | jsonify }}"""
 
 JOB_STORES = ("sqlite", "memory", "postgres")
+YES_NO = ("yes", "no")
 WORKER_COUNT_RANGE = (1, 256)
 PORT_RANGE = (1, 65535)
 
@@ -28,6 +29,8 @@ DEPENDENCY_MODULES = frozenset(
         "httpx",
         "mypy",
         "orjson",
+        "prometheus_client",
+        "prometheus_fastapi_instrumentator",
         "pydantic",
         "pydantic_settings",
         "pytest",
@@ -83,6 +86,11 @@ def check_job_store(store: object) -> None:
         raise InvalidAnswer(f"job_store must be one of {', '.join(JOB_STORES)}, got {store!r}")
 
 
+def check_yes_no(name: str, value: object) -> None:
+    if value not in YES_NO:
+        raise InvalidAnswer(f"{name} must be yes or no, got {value!r}")
+
+
 def check_integer(name: str, value: object, allowed: tuple[int, int]) -> None:
     """Accept an int, or a string of digits, within the inclusive range `allowed`."""
     low, high = allowed
@@ -103,6 +111,7 @@ def check_answers(answers: dict[str, object]) -> None:
     check_job_store(answers["job_store"])
     check_integer("worker_count", answers["worker_count"], WORKER_COUNT_RANGE)
     check_integer("port", answers["port"], PORT_RANGE)
+    check_yes_no("use_metrics", answers["use_metrics"])
 
 
 def main() -> int:

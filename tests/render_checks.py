@@ -10,7 +10,8 @@ from pathlib import Path
 # Written by the tools the tests run inside a render, not by the template.
 TOOL_DIRS = frozenset({".mypy_cache", ".pytest_cache", ".ruff_cache", ".venv", "__pycache__"})
 
-LEFTOVER_TEMPLATE_SYNTAX = re.compile(r"\{\{|\{%|\{#|cookiecutter\.")
+# `{{task}}` is Grafana's legend syntax, not Jinja's; rendered Jinja never leaves it.
+LEFTOVER_TEMPLATE_SYNTAX = re.compile(r"\{\{(?!\w+\}\})|\{%|\{#|cookiecutter\.")
 
 # What a render with each job store must never mention: the other stores, by any of
 # their names. Matched case-insensitively against every file name and text line.
@@ -31,6 +32,9 @@ FORBIDDEN_MENTIONS: dict[str, tuple[str, ...]] = {
         r"\bin-memory\b",
     ),
 }
+
+# What a render with use_metrics=no must never mention.
+METRICS_MENTIONS = (r"prometheus", r"grafana", r"/metrics\b")
 
 
 def project_paths(root: Path) -> Iterator[Path]:
@@ -75,4 +79,10 @@ def find_leftover_template_syntax(root: Path) -> list[str]:
 def find_forbidden_mentions(root: Path, job_store: str) -> list[str]:
     """Mentions of job stores other than `job_store`, in names or contents."""
     either = "|".join(f"(?:{pattern})" for pattern in FORBIDDEN_MENTIONS[job_store])
+    return find_matches(root, re.compile(either, re.IGNORECASE))
+
+
+def find_metrics_mentions(root: Path) -> list[str]:
+    """Mentions of the metrics feature, in names or contents."""
+    either = "|".join(f"(?:{pattern})" for pattern in METRICS_MENTIONS)
     return find_matches(root, re.compile(either, re.IGNORECASE))

@@ -6,11 +6,8 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,10 +15,12 @@ from typing import Any
 import pytest
 
 from .baking import JOB_STORES, Bake, resolve_answers
+from .processes import became_healthy, free_port
 from .render_checks import (
     find_forbidden_mentions,
     find_leftover_template_syntax,
     find_matches,
+    find_metrics_mentions,
 )
 
 # Every job store in cookiecutter.json is baked, plus the answers at their limits.
@@ -33,16 +32,19 @@ RENDERS: dict[str, dict[str, str]] = {
         "worker_count": "1",
         "port": "9001",
     },
-    "memory-256-workers-port-65535": {
+    "memory-256-workers-port-65535-no-metrics": {
         "job_store": "memory",
         "worker_count": "256",
         "port": "65535",
+        "use_metrics": "no",
     },
-    "postgres-2-workers-port-8123": {
+    "postgres-2-workers-port-8123-no-metrics": {
         "job_store": "postgres",
         "worker_count": "2",
         "port": "8123",
+        "use_metrics": "no",
     },
+    "use_metrics=no": {"use_metrics": "no"},
     "project_name=Acme Reports": {"project_name": "Acme Reports"},
 }
 
@@ -122,6 +124,17 @@ def test_render_keeps_a_store_file_only_for_the_stores_that_use_it(
     assert exists == (rendered.answers["job_store"] in STORE_FILE_OWNERS[path])
 
 
+def test_render_has_metrics_files_and_dependencies_only_when_chosen(rendered: Render) -> None:
+    chosen = rendered.answers["use_metrics"] == "yes"
+    pyproject = (rendered.project_dir / "pyproject.toml").read_text()
+
+    assert (rendered.package_dir / "metrics.py").is_file() == chosen
+    assert (rendered.project_dir / "monitoring").is_dir() == chosen
+    assert ("prometheus-fastapi-instrumentator" in pyproject) == chosen
+    if not chosen:
+        assert find_metrics_mentions(rendered.project_dir) == []
+
+
 def test_settings_default_to_the_answered_worker_count_and_port(
     rendered: Render, tmp_path: Path
 ) -> None:
@@ -193,29 +206,6 @@ def test_project_name_leaves_no_trace_of_the_default_names(bake: Bake) -> None:
     default_names = re.compile(r"job[_-]service", re.IGNORECASE)
 
     assert find_matches(project_dir, default_names) == []
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
-def became_healthy(url: str, service: subprocess.Popen[bytes], within: float) -> bool:
-    """Poll `url` until it answers 200, the service exits, or `within` seconds pass."""
-    # Straight to localhost, whatever http_proxy says.
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline and service.poll() is None:
-        try:
-            with opener.open(url, timeout=2) as response:
-                if response.status == 200:
-                    return True
-        except OSError:  # not listening yet, or an error status such as 503
-            pass
-        time.sleep(0.1)
-    return False
 
 
 @pytest.mark.slow

@@ -115,15 +115,19 @@ def test_compose_validator_refuses_a_broken_file(tmp_path: Path) -> None:
     assert "db" in result.stderr
 
 
+@pytest.mark.parametrize("use_metrics", ["yes", "no"])
 def test_compose_file_is_valid_and_runs_the_image_with_the_chosen_store(
-    project: Path, store: str
+    bake: Bake, store: str, use_metrics: str
 ) -> None:
+    project = bake(**store_answers(store), use_metrics=use_metrics)
     config = compose_config(project)
 
     services = config["services"]
     app = services["app"]
     environment = app.get("environment", {})
-    assert set(services) == ({"app", "postgres"} if store == "postgres" else {"app"})
+    metrics_services = {"prometheus", "grafana"} if use_metrics == "yes" else set()
+    store_services = {"postgres"} if store == "postgres" else set()
+    assert set(services) == {"app"} | store_services | metrics_services
     assert Path(app["build"]["context"]) == project
     assert [(port["target"], port["published"]) for port in app["ports"]] == [(9001, PORT)]
     assert seconds(app["stop_grace_period"]) > default_shutdown_grace(
@@ -132,7 +136,7 @@ def test_compose_file_is_valid_and_runs_the_image_with_the_chosen_store(
     if store == "sqlite":
         assert environment["DATABASE_URL"] == "sqlite:////data/jobs.db"
         assert [(v["type"], v["target"]) for v in app["volumes"]] == [("volume", "/data")]
-        assert set(config["volumes"]) == {"jobs-data"}
+        assert set(config["volumes"]) >= {"jobs-data"}
     elif store == "postgres":
         assert environment["DATABASE_URL"].startswith("postgresql://postgres:postgres@postgres:")
         assert app["depends_on"]["postgres"]["condition"] == "service_healthy"
@@ -140,6 +144,25 @@ def test_compose_file_is_valid_and_runs_the_image_with_the_chosen_store(
     else:
         assert "DATABASE_URL" not in environment
         assert "volumes" not in app
+    if use_metrics == "yes":
+        assert_prometheus_scrapes_the_app(project, services)
+
+
+def assert_prometheus_scrapes_the_app(project: Path, services: dict[str, Any]) -> None:
+    """Prometheus reads the render's scrape config, which names the app's port; Grafana
+    reads the render's provisioning and dashboards."""
+    mounts = {
+        name: {mount["target"]: mount.get("source") for mount in services[name]["volumes"]}
+        for name in ("prometheus", "grafana")
+    }
+    scrape_config = Path(mounts["prometheus"]["/etc/prometheus/prometheus.yml"])
+    assert scrape_config == project / "monitoring" / "prometheus.yml"
+    (job,) = yaml.safe_load(scrape_config.read_text())["scrape_configs"]
+    assert job["static_configs"] == [{"targets": [f"app:{PORT}"]}]
+    for target, source in mounts["grafana"].items():
+        assert target.startswith(("/etc/grafana/provisioning", "/var/lib/grafana/dashboards"))
+        assert Path(source).is_dir()
+    assert services["grafana"]["depends_on"].keys() == {"prometheus"}
 
 
 # --- Dockerfile -------------------------------------------------------------------------
@@ -301,8 +324,20 @@ def test_kubernetes_postgres_runs_api_and_workers_as_two_deployments(bake: Bake)
         "START_WORKERS": "true",
         "DATABASE_URL": secret,
     }
+    # With metrics on, a worker-only process listens for /metrics and /health.
+    assert worker_container["readinessProbe"]["httpGet"]["path"] == "/health"
     assert api["spec"]["template"]["spec"]["containers"][0]["image"] == worker_container["image"]
     assert service["spec"]["selector"] == api["spec"]["selector"]["matchLabels"]
+
+
+def test_kubernetes_workers_without_metrics_have_no_port_to_probe(bake: Bake) -> None:
+    kinds = manifests(bake(**store_answers("postgres"), use_metrics="no"))
+
+    _, worker = kinds["Deployment"]
+    (worker_container,) = worker["spec"]["template"]["spec"]["containers"]
+
+    assert "readinessProbe" not in worker_container
+    assert "ports" not in worker_container
 
 
 @pytest.mark.parametrize("single_store", ["sqlite", "memory"])

@@ -15,7 +15,7 @@ from cookiecutter.environment import StrictEnvironment
 from cookiecutter.exceptions import FailedHookException
 from cookiecutter.main import cookiecutter
 
-from .baking import JOB_STORES, TEMPLATE_DIR, Bake, render, resolve_answers
+from .baking import JOB_STORES, PROMPTS, TEMPLATE_DIR, Bake, render, resolve_answers
 
 HOOKS_DIR = TEMPLATE_DIR / "hooks"
 
@@ -64,7 +64,10 @@ BAD_ANSWERS: dict[str, list[str]] = {
 }
 # A replay file is not checked against cookiecutter.json's choices, so the hook is the
 # only guard there.
-BAD_JOB_STORES = ["mysql", "SQLite", "Postgres", ""]
+BAD_CHOICES: dict[str, list[str]] = {
+    "job_store": ["mysql", "SQLite", "Postgres", ""],
+    "use_metrics": ["y", "true", "Yes", ""],
+}
 
 
 def load_hook(name: str) -> ModuleType:
@@ -101,16 +104,21 @@ def test_bad_answer_is_refused_with_one_line_and_nothing_rendered(
     assert_one_error_line(capfd.readouterr().err, name, value)
 
 
-@pytest.mark.parametrize("job_store", BAD_JOB_STORES, ids=repr)
-def test_unknown_job_store_in_a_replay_is_refused_and_nothing_rendered(
-    job_store: str,
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [(name, value) for name, values in BAD_CHOICES.items() for value in values],
+    ids=[f"{name}={value!r}" for name, values in BAD_CHOICES.items() for value in values],
+)
+def test_unknown_choice_in_a_replay_is_refused_and_nothing_rendered(
+    name: str,
+    value: str,
     tmp_path: Path,
     cookiecutter_config: Path,
     capfd: pytest.CaptureFixture[str],
 ) -> None:
     replay_file = tmp_path / "replay" / "server-core.json"
     replay_file.parent.mkdir()
-    answers = resolve_answers({}) | {"job_store": job_store}
+    answers = resolve_answers({}) | {name: value}
     replay_file.write_text(json.dumps({"cookiecutter": answers}))
     output_dir = tmp_path / "output"
     output_dir.mkdir()
@@ -124,7 +132,7 @@ def test_unknown_job_store_in_a_replay_is_refused_and_nothing_rendered(
         )
 
     assert list(output_dir.iterdir()) == []
-    assert_one_error_line(capfd.readouterr().err, "job_store", job_store)
+    assert_one_error_line(capfd.readouterr().err, name, value)
 
 
 def test_command_line_refusal_is_our_one_line_on_stderr(
@@ -199,11 +207,12 @@ def test_worker_count_check_refuses_other_types_and_out_of_range_ints(
         hook.check_integer("worker_count", value, hook.WORKER_COUNT_RANGE)
 
 
-def test_hooks_and_cookiecutter_json_agree_on_the_job_stores() -> None:
+def test_hooks_and_cookiecutter_json_agree_on_the_choices() -> None:
     pre_gen, post_gen = load_hook("pre_gen_project"), load_hook("post_gen_project")
 
     assert set(pre_gen.JOB_STORES) == set(JOB_STORES)
     assert set(post_gen.STORE_FILES) == set(JOB_STORES)
+    assert set(pre_gen.YES_NO) == set(PROMPTS["use_metrics"])
 
 
 def rendered_hook(name: str, answers: dict[str, Any], destination: Path) -> Path:
@@ -251,3 +260,37 @@ def test_post_gen_hook_keeps_exactly_the_chosen_store_files_and_can_run_twice(
         for path in directory.iterdir()
     }
     assert left == SHARED_FILES | KEPT_STORE_FILES[job_store]
+
+
+# Everything of the metrics feature, relative to the project root; "<package>" is replaced.
+METRICS_FILES = {
+    "src/<package>/metrics.py",
+    "src/<package>/api/metrics.py",
+    "tests/test_metrics.py",
+    "monitoring/prometheus.yml",
+    "monitoring/grafana/dashboards/jobs.json",
+}
+
+
+@pytest.mark.parametrize("use_metrics", ["yes", "no"])
+def test_post_gen_hook_removes_every_metrics_file_when_metrics_are_off(
+    use_metrics: str, tmp_path: Path
+) -> None:
+    answers = resolve_answers({"use_metrics": use_metrics})
+    project_dir = tmp_path / "project"
+    files = [
+        project_dir / relative.replace("<package>", answers["package_name"])
+        for relative in METRICS_FILES
+    ]
+    kept = project_dir / "src" / answers["package_name"] / "main.py"
+    for path in [*files, kept]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+    hook = rendered_hook("post_gen_project", answers, tmp_path / "post_gen_project.py")
+
+    for _ in range(2):
+        subprocess.run([sys.executable, str(hook)], cwd=project_dir, check=True)
+
+    assert [path.exists() for path in files] == [use_metrics == "yes"] * len(files)
+    assert (project_dir / "monitoring").exists() == (use_metrics == "yes")
+    assert kept.exists()

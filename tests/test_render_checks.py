@@ -11,6 +11,7 @@ from .render_checks import (
     FORBIDDEN_MENTIONS,
     find_forbidden_mentions,
     find_leftover_template_syntax,
+    find_metrics_mentions,
 )
 
 
@@ -36,13 +37,38 @@ def test_clean_tree_has_no_findings(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "line",
-    ["port = {{ cookiecutter.port }}", "{% if x %}", "{# why #}", "cookiecutter.x"],
+    [
+        "port = {{ cookiecutter.port }}",
+        "name = {{ project_name }}",
+        "{{x}}{{ y }}",
+        "{% if x %}",
+        "{# why #}",
+        "cookiecutter.x",
+    ],
 )
 def test_leftover_template_syntax_in_a_file_is_found(tmp_path: Path, line: str) -> None:
     root = make_tree(tmp_path, {"docs/README.md": f"# Title\n{line}\n"})
 
     [finding] = find_leftover_template_syntax(root)
     assert finding.startswith("docs/README.md:2: ")
+
+
+def test_grafana_legend_placeholders_are_not_leftover_syntax(tmp_path: Path) -> None:
+    root = make_tree(tmp_path, {"dashboard.json": '{"legendFormat": "p95 {{task}} {{le}}"}\n'})
+
+    assert find_leftover_template_syntax(root) == []
+
+
+def test_metrics_mentions_are_found_in_names_and_lines(tmp_path: Path) -> None:
+    root = make_tree(
+        tmp_path,
+        {"monitoring/grafana.yml": "", "README.md": "Scrape /metrics with Prometheus.\n"},
+    )
+
+    findings = find_metrics_mentions(root)
+
+    assert any(finding.startswith("monitoring/grafana.yml: ") for finding in findings)
+    assert any(finding.startswith("README.md:1: '/metrics'") for finding in findings)
 
 
 def test_leftover_template_syntax_in_a_directory_name_is_found(tmp_path: Path) -> None:

@@ -1,7 +1,6 @@
 """The engine against this project's store: running, retrying, limiting, waking, stopping."""
 
 import asyncio
-import logging
 import subprocess
 import sys
 import threading
@@ -12,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from {{ cookiecutter.package_name }}.events import EventBus
 from {{ cookiecutter.package_name }}.jobs.clock import Clock, SystemClock
 from {{ cookiecutter.package_name }}.jobs.engine import Engine
 from {{ cookiecutter.package_name }}.jobs.model import Job, JobStatus
@@ -41,6 +41,7 @@ async def start_engine(open_store: StoreOpener, clock: ManualClock) -> AsyncIter
         backoff_base: float = 10.0,
         backoff_max: float = 1000.0,
         engine_clock: Clock | None = None,
+        events: EventBus | None = None,
     ) -> Engine:
         engine = Engine(
             store,
@@ -49,6 +50,7 @@ async def start_engine(open_store: StoreOpener, clock: ManualClock) -> AsyncIter
             pool_size=pool_size,
             backoff_base=backoff_base,
             backoff_max=backoff_max,
+            events=events,
         )
         await engine.start()
         engines.append(engine)
@@ -258,30 +260,6 @@ async def test_a_blocking_sync_handler_does_not_hold_up_async_jobs(
     finally:
         unblock.set()
     assert (await wait_for_status(store, blocked)).result == "unblocked"
-
-
-async def test_engine_logs_one_line_per_job_event(
-    store: JobStore, start_engine: EngineStarter, caplog: pytest.LogCaptureFixture
-) -> None:
-    registry = TaskRegistry()
-
-    @registry.task("broken")
-    def broken(_job: Job) -> None:
-        raise ValueError("bad input")
-
-    caplog.set_level(logging.INFO)
-    await start_engine(store, registry)
-    ok, bad = await store.insert_all_jobs([task_job("fine"), last_attempt("broken")])
-    await wait_for_status(store, ok)
-    await wait_for_status(store, bad)
-
-    messages = [record.getMessage() for record in caplog.records]
-    assert any(message.startswith("Worker started") for message in messages)
-    assert f"Executing job {ok.id}" in messages
-    assert f"Job {ok.id} completed successfully" in messages
-    assert any(
-        message.startswith(f"Job {bad.id} failed: ValueError: bad input") for message in messages
-    )
 
 
 # --- Failures and retries

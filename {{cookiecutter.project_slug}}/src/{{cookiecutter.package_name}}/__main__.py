@@ -6,7 +6,9 @@ import signal
 import sys
 
 import uvicorn
+{%- if cookiecutter.use_metrics == "no" %}
 from fastapi import FastAPI
+{%- endif %}
 
 from .jobs.clock import SystemClock
 from .jobs.store import StoreUnavailable, make_store
@@ -24,22 +26,30 @@ def main() -> None:
     except StoreUnavailable as exc:
         sys.exit(f"error: job store unavailable: {exc}")
     app = create_app(settings)
+{%- if cookiecutter.use_metrics == "yes" %}
     if settings.start_http:
         logger.info("Starting server on port %d", settings.port)
-        # uvicorn re-raises SIGTERM once it has shut down gracefully; a drained shutdown is
-        # a success, so exit 0 then.
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-        uvicorn.run(
-            app,
-            host=settings.host,
-            port=settings.port,
-            log_config=None,
-            log_level=settings.log_level,
-            # One line per request would drown the job events; a proxy can log requests.
-            access_log=False,
-        )
     else:
+        # Still listening, for Prometheus and health probes; the jobs API is not served.
+        logger.info("Workers only (START_HTTP=false): /metrics and /health on %d", settings.port)
+{%- else %}
+    if not settings.start_http:
         asyncio.run(run_workers_only(app))
+        return
+    logger.info("Starting server on port %d", settings.port)
+{%- endif %}
+    # uvicorn re-raises SIGTERM once it has shut down gracefully; a drained shutdown is
+    # a success, so exit 0 then.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        log_level=settings.log_level,
+        # One line per request would drown the job events; a proxy can log requests.
+        access_log=False,
+    )
 
 
 async def check_store(settings: Settings) -> None:
@@ -47,6 +57,7 @@ async def check_store(settings: Settings) -> None:
     store = make_store(settings, SystemClock())
     await store.open()
     await store.close()
+{%- if cookiecutter.use_metrics == "no" %}
 
 
 async def run_workers_only(app: FastAPI) -> None:
@@ -59,6 +70,7 @@ async def run_workers_only(app: FastAPI) -> None:
         logger.info("Running workers only (START_HTTP=false)")
         await stop.wait()
         logger.info("Shutting down")
+{%- endif %}
 
 
 if __name__ == "__main__":

@@ -8,14 +8,23 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from .about import DESCRIPTION, TITLE
+{%- if cookiecutter.use_metrics == "yes" %}
+from .api import jobs, metrics, system
+{%- else %}
 from .api import jobs, system
+{%- endif %}
 from .api.errors import FastJSONResponse, install_error_handlers
+from .api.request_events import RequestEventsMiddleware
+from .events import EventBus
 from .jobs.clock import Clock, SystemClock
 from .jobs.engine import Engine
 from .jobs.registry import TaskRegistry
 from .jobs.store import make_store
 from .jobs.tasks import registry as default_registry
-from .logs import configure_logging
+from .logs import configure_logging, log_job_events
+{%- if cookiecutter.use_metrics == "yes" %}
+from .metrics import ServiceMetrics
+{%- endif %}
 from .settings import Settings, SettingsError, load_settings
 
 
@@ -27,18 +36,26 @@ def create_app(
 ) -> FastAPI:
     """The service for `settings`; the store opens and the engine starts with the lifespan."""
     clock = clock or SystemClock()
+    registry = registry or default_registry
     store = make_store(settings, clock)
+    events = EventBus()
+    log_job_events(events)
     engine = None
     if settings.start_workers:
         engine = Engine(
             store,
-            registry or default_registry,
+            registry,
             clock,
             pool_size=settings.worker_pool_size,
             backoff_base=settings.retry_backoff_base,
             backoff_max=settings.retry_backoff_max,
             poll_interval=settings.poll_interval,
+            events=events,
         )
+{%- if cookiecutter.use_metrics == "yes" %}
+    service_metrics = ServiceMetrics()
+    service_metrics.subscribe(events, engine)
+{%- endif %}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -65,9 +82,22 @@ def create_app(
     app.state.settings = settings
     app.state.store = store
     app.state.engine = engine
+    app.state.registry = registry
+    app.state.events = events
+{%- if cookiecutter.use_metrics == "yes" %}
+    app.state.metrics = service_metrics
+{%- endif %}
+    app.add_middleware(RequestEventsMiddleware, events=events)
     install_error_handlers(app)
     app.include_router(system.router)
+{%- if cookiecutter.use_metrics == "yes" %}
+    app.include_router(metrics.router)
+    # A worker-only process serves these two routers alone: for Prometheus and probes.
+    if settings.start_http:
+        app.include_router(jobs.router)
+{%- else %}
     app.include_router(jobs.router)
+{%- endif %}
     return app
 
 
@@ -77,7 +107,7 @@ def settings_for_process() -> Settings:
         settings = load_settings()
     except SettingsError as exc:
         sys.exit(f"error: {exc}")
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     return settings
 
 

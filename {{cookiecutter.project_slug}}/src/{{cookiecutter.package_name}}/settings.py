@@ -1,6 +1,6 @@
 """Every knob of the service, read once from the environment (and a `.env` file)."""
 
-{% if cookiecutter.job_store == "sqlite" -%}
+{% if cookiecutter.job_store == "sqlite" or cookiecutter.use_metrics == "yes" -%}
 from pathlib import Path
 {% endif -%}
 from typing import Annotated, Literal
@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     start_http: bool = True
     start_workers: bool = True
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    # "json": one JSON object per line, with job_id, task and attempt on job events.
+    log_format: Literal["text", "json"] = "text"
     # Backoff before retry n is min(base * 2 ** (n - 1), max) seconds, with jitter.
     retry_backoff_base: PositiveSeconds = 1.0
     retry_backoff_max: PositiveSeconds = 300.0
@@ -50,10 +52,16 @@ class Settings(BaseSettings):
     max_body_bytes: Annotated[int, Field(ge=1)] = 1_048_576
     # Idle workers look for due jobs at least this often, whatever wakes them sooner.
     poll_interval: Annotated[float, Field(gt=0, le=60)] = 1.0
+{%- if cookiecutter.use_metrics == "yes" %}
+    # An empty directory shared by processes that answer on one port (uvicorn --workers N):
+    # each keeps its metrics there and /metrics reports them all. prometheus_client reads it
+    # from the environment itself; it is checked here so a wrong path is one clear line.
+    prometheus_multiproc_dir: Path | None = None
+{%- endif %}
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
-    def _lowercase_log_level(cls, value: object) -> object:
+    def _lowercase(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
@@ -62,6 +70,11 @@ class Settings(BaseSettings):
             raise ValueError("START_HTTP and START_WORKERS are both false: nothing to run")
         if self.retry_backoff_max < self.retry_backoff_base:
             raise ValueError("RETRY_BACKOFF_MAX must be at least RETRY_BACKOFF_BASE")
+{%- if cookiecutter.use_metrics == "yes" %}
+        multiproc_dir = self.prometheus_multiproc_dir
+        if multiproc_dir is not None and not multiproc_dir.is_dir():
+            raise ValueError(f"PROMETHEUS_MULTIPROC_DIR: {multiproc_dir} is not a directory")
+{%- endif %}
 {%- if cookiecutter.job_store == "sqlite" %}
         if not self.database_url.startswith("sqlite:///"):
             raise ValueError("DATABASE_URL must look like sqlite:///path/to/jobs.db")

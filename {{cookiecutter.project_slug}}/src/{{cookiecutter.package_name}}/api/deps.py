@@ -2,7 +2,9 @@
 
 from fastapi import Request
 
+from ..events import EventBus
 from ..jobs.engine import Engine
+from ..jobs.registry import TaskRegistry
 from ..jobs.store import JobStore
 from ..settings import Settings
 
@@ -21,3 +23,13 @@ def engine_of(request: Request) -> Engine | None:
 def settings_of(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
+
+
+def events_of(request: Request) -> EventBus:
+    events: EventBus = request.app.state.events
+    return events
+
+
+def registry_of(request: Request) -> TaskRegistry:
+    registry: TaskRegistry = request.app.state.registry
+    return registry

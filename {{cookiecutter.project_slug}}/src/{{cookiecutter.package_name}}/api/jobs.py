@@ -2,9 +2,11 @@
 
 from fastapi import APIRouter, Request
 
+from ..events import JobEnqueued
 from ..jobs.clock import isoformat_z
-from ..jobs.model import job_to_json
-from .deps import settings_of, store_of
+from ..jobs.model import Job, job_to_json
+from ..jobs.store import NewJob
+from .deps import events_of, registry_of, settings_of, store_of
 from .errors import FastJSONResponse, PayloadTooLarge, error_response
 from .validation import (
     parse_job_id,
@@ -33,17 +35,22 @@ async def read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
+async def enqueue(request: Request, new_job: NewJob) -> Job:
+    """Store the job and tell the subscribers of JobEnqueued."""
+    job = await store_of(request).insert_job(new_job)
+    events_of(request).emit(JobEnqueued(job, registry_of(request).resolve(job).name))
+    return job
+
+
 @router.post("", status_code=202)
 async def submit_job(request: Request) -> FastJSONResponse:
-    new_job = parse_new_job(await read_body(request))
-    job = await store_of(request).insert_job(new_job)
+    job = await enqueue(request, parse_new_job(await read_body(request)))
     return FastJSONResponse({"message": "Job accepted", "job_id": job.id}, status_code=202)
 
 
 @router.post("/schedule", status_code=202)
 async def schedule_job(request: Request) -> FastJSONResponse:
-    new_job = parse_scheduled_job(await read_body(request))
-    job = await store_of(request).insert_job(new_job)
+    job = await enqueue(request, parse_scheduled_job(await read_body(request)))
     body = {"message": "Job scheduled", "job_id": job.id, "run_at": isoformat_z(job.run_at)}
     return FastJSONResponse(body, status_code=202)
 

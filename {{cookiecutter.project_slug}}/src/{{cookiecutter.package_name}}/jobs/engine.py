@@ -3,10 +3,13 @@
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Awaitable
 from contextlib import suppress
+from datetime import datetime
 from typing import Any
 
+from ..events import EventBus, JobErrored, JobStarted, JobStopped
 from .backoff import next_attempt_at
 from .clock import Clock
 from .codec import EncodeError, dumps
@@ -32,10 +35,13 @@ class Engine:
         backoff_base: float,
         backoff_max: float,
         poll_interval: float = 1.0,
+        events: EventBus | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
         self._clock = clock
+        # Job starts and outcomes go out as events: logs and metrics subscribe to them.
+        self._events = events or EventBus()
         self._pool_size = pool_size
         self._backoff = (backoff_base, backoff_max)
         # Even with nothing to wake it, the dispatcher looks at the store this often, so that
@@ -55,6 +61,10 @@ class Engine:
     def is_running(self) -> bool:
         """True while the dispatcher is alive and claiming jobs."""
         return self._dispatching and self._supervisor is not None and not self._supervisor.done()
+
+    @property
+    def pool_size(self) -> int:
+        return self._pool_size
 
     @property
     def busy_workers(self) -> int:
@@ -143,12 +153,14 @@ class Engine:
 
     async def _run(self, job: Job) -> None:
         assert job.id is not None
-        logger.info("Executing job %d", job.id)
+        task = self._registry.resolve(job)
+        self._events.emit(JobStarted(job, task.name, _queue_wait(job)))
         result: Any = None
         error: str | None = None
+        started = time.perf_counter()
         try:
             try:
-                result = await self._execute(self._registry.resolve(job), job)
+                result = await self._execute(task, job)
                 dumps(result)
             except asyncio.CancelledError:
                 raise
@@ -157,15 +169,17 @@ class Engine:
             except BaseException as exc:  # a handler must never take its worker down with it
                 error = _describe(exc)
             finally:
+                duration = time.perf_counter() - started
                 # The slot frees as soon as the handler returns, so that the next claim can
                 # share a commit with this job's outcome.
                 self._busy -= 1
                 self._attention.set()
             if error is None:
                 await self._store.complete_job(job, result)
-                logger.info("Job %d completed successfully", job.id)
+                self._events.emit(JobStopped(job, task.name, duration, result))
             else:
-                await self._record_failure(job, error)
+                retry_at = await self._record_failure(job, error)
+                self._events.emit(JobErrored(job, task.name, duration, error, retry_at))
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -186,28 +200,12 @@ class Engine:
                 raise TimeoutError(f"task exceeded its timeout of {task.timeout:g}s") from None
             raise
 
-    async def _record_failure(self, job: Job, error: str) -> None:
+    async def _record_failure(self, job: Job, error: str) -> datetime | None:
+        """Store a failed attempt; returns when the job is retried, None if it failed for good."""
         base, cap = self._backoff
         retry_at = next_attempt_at(self._clock.now(), job.attempt, base, cap, job.max_attempts)
         await self._store.error_job(job, error, retry_at)
-        if retry_at is None:
-            logger.error(
-                "Job %d failed: %s (attempt %d of %d, giving up)",
-                job.id,
-                error,
-                job.attempt,
-                job.max_attempts,
-            )
-        else:
-            delay = (retry_at - self._clock.now()).total_seconds()
-            logger.error(
-                "Job %d failed: %s (attempt %d of %d, retrying in %.1fs)",
-                job.id,
-                error,
-                job.attempt,
-                job.max_attempts,
-                delay,
-            )
+        return retry_at
 
 
 class _StopIterationInHandler(Exception):
@@ -216,6 +214,13 @@ class _StopIterationInHandler(Exception):
     def __init__(self, original: StopIteration) -> None:
         super().__init__(original)
         self.original = original
+
+
+def _queue_wait(job: Job) -> float:
+    """Seconds the job waited between becoming due and starting."""
+    if job.started_at is None:
+        return 0.0
+    return max((job.started_at - job.run_at).total_seconds(), 0.0)
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,0 +1,32 @@
+"""Starting and watching a render's service from the template tests."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+import urllib.request
+
+# Straight to localhost, whatever http_proxy says.
+LOCAL_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def became_healthy(url: str, service: subprocess.Popen[bytes], within: float) -> bool:
+    """Poll `url` until it answers 200, the service exits, or `within` seconds pass."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline and service.poll() is None:
+        try:
+            with LOCAL_OPENER.open(url, timeout=2) as response:
+                if response.status == 200:
+                    return True
+        except OSError:  # not listening yet, or an error status such as 503
+            pass
+        time.sleep(0.1)
+    return False
