@@ -30,7 +30,6 @@ DEPENDENCY_MODULES = frozenset(
         "mypy",
         "orjson",
         "prometheus_client",
-        "prometheus_fastapi_instrumentator",
         "pydantic",
         "pydantic_settings",
         "pytest",

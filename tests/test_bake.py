@@ -130,7 +130,7 @@ def test_render_has_metrics_files_and_dependencies_only_when_chosen(rendered: Re
 
     assert (rendered.package_dir / "metrics.py").is_file() == chosen
     assert (rendered.project_dir / "monitoring").is_dir() == chosen
-    assert ("prometheus-fastapi-instrumentator" in pyproject) == chosen
+    assert ("prometheus-client" in pyproject) == chosen
     if not chosen:
         assert find_metrics_mentions(rendered.project_dir) == []
 

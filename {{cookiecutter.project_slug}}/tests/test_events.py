@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
+from {{ cookiecutter.package_name }} import main
 from {{ cookiecutter.package_name }}.events import (
     EventBus,
     JobEnqueued,
@@ -242,6 +243,17 @@ async def test_requests_report_start_and_stop_with_the_route_template(app: FastA
         (None, 404),
     ]
     assert all(event.request.method == "GET" and event.duration >= 0 for event in stops)
+
+
+def test_every_app_hands_its_bus_to_the_projects_subscribers(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handed: list[EventBus] = []
+    monkeypatch.setattr(main, "subscribe", handed.append)
+
+    app = main.create_app(settings)
+
+    assert handed == [app.state.events]
 
 
 async def test_the_app_logs_job_events_from_its_engine(

@@ -453,6 +453,7 @@ async def test_an_expired_lease_on_the_last_attempt_fails_the_job(
     assert (found.status, found.errors) == (FAILED, [LOST_LEASE_EXPIRED])
     assert found.finished_at == clock.now()
     assert await other.fetch_jobs(1) == []
+    assert await counts(store) == await counts(other) == {"failed": 1}
 
 
 async def test_a_late_outcome_from_the_instance_that_lost_the_lease_changes_nothing(
@@ -470,8 +471,10 @@ async def test_a_late_outcome_from_the_instance_that_lost_the_lease_changes_noth
 
     found = await stored(other, job)
     assert (found.status, found.attempt, found.result) == (RUNNING, 2, None)
+    assert await counts(store) == {"running": 1}
     await other.complete_job(taken_over, {"from": "the second instance"})
     assert (await stored(other, job)).result == {"from": "the second instance"}
+    assert await counts(store) == {"done": 1}
 
 
 async def test_two_instances_claiming_together_never_get_the_same_job(

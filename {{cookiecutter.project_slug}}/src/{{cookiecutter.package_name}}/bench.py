@@ -45,7 +45,7 @@ from .jobs.model import Job, JobStatus
 from .jobs.registry import TaskRegistry
 from .jobs.store import JobStore, NewJob, make_store
 from .main import create_app
-from .settings import Settings
+from .settings import Settings, SettingsError, load_settings
 
 BARE_PATH = "/bench/bare"
 JOB_BODY = b'{"payload": {"task": "noop", "value": 42}}'
@@ -67,6 +67,10 @@ def main() -> None:
     parser.add_argument("--large-store", type=int, default=1_000_000, help="0 skips the run")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    try:
+        load_settings()  # a bad setting is one line here, not a traceback from a benchmark
+    except SettingsError as exc:
+        sys.exit(f"error: {exc}")
     if args.serve:
         serve_with_bare_endpoint(args.serve)
         return
@@ -205,7 +209,7 @@ async def post_load(
 
 async def bench_end_to_end(count: int) -> None:
     settings = Settings()
-    store = make_store(settings, SystemClock())
+    store, engine = service_engine(settings, TaskRegistry())
     await store.open()
     try:
         started = time.perf_counter()
@@ -213,7 +217,6 @@ async def bench_end_to_end(count: int) -> None:
             batch = min(1000, count - first)
             await store.insert_all_jobs([NewJob(payload={"task": "noop"})] * batch)
         enqueued = time.perf_counter() - started
-        engine = new_engine(store, TaskRegistry(), settings)
         started = time.perf_counter()
         await engine.start()
         await wait_for_done(store, count)
@@ -228,8 +231,8 @@ async def bench_end_to_end(count: int) -> None:
 
 async def bench_wakeup(samples: int) -> None:
     settings = Settings()
-    store = make_store(settings, SystemClock())
     registry = TaskRegistry()
+    store, engine = service_engine(settings, registry)
     started_at: dict[int, float] = {}
 
     @registry.task("probe")
@@ -238,7 +241,6 @@ async def bench_wakeup(samples: int) -> None:
         started_at[job.id] = time.perf_counter()
 
     await store.open()
-    engine = new_engine(store, registry, settings)
     await engine.start()
     latencies = []
     try:
@@ -375,15 +377,11 @@ async def bench_large_store(count: int) -> None:
                 print(f"  GET {url:40} {statistics.median(timings):7.2f} ms")
 
 
-def new_engine(store: JobStore, registry: TaskRegistry, settings: Settings) -> Engine:
-    return Engine(
-        store,
-        registry,
-        SystemClock(),
-        pool_size=settings.worker_pool_size,
-        backoff_base=settings.retry_backoff_base,
-        backoff_max=settings.retry_backoff_max,
-    )
+def service_engine(settings: Settings, registry: TaskRegistry) -> tuple[JobStore, Engine]:
+    """The store and the engine of the service's app: event subscribers (metrics) included."""
+    app = create_app(settings, registry=registry)
+    engine: Engine = app.state.engine
+    return app.state.store, engine
 
 
 async def wait_for_done(store: JobStore, count: int) -> None:

@@ -26,6 +26,7 @@ from .logs import configure_logging, log_job_events
 from .metrics import ServiceMetrics
 {%- endif %}
 from .settings import Settings, SettingsError, load_settings
+from .subscribers import subscribe
 
 
 def create_app(
@@ -56,6 +57,7 @@ def create_app(
     service_metrics = ServiceMetrics()
     service_metrics.subscribe(events, engine)
 {%- endif %}
+    subscribe(events)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -72,6 +74,9 @@ def create_app(
                 await engine.stop(settings.shutdown_grace)
         finally:
             await store.close()
+{%- if cookiecutter.use_metrics == "yes" %}
+            service_metrics.close()
+{%- endif %}
 
     app = FastAPI(
         title=TITLE,

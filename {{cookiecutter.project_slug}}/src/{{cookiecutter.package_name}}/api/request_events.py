@@ -16,13 +16,18 @@ class RequestEventsMiddleware:
         self.events = events
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not (
-            self.events.wants(RequestStarted) or self.events.wants(RequestStopped)
-        ):
+        # Nothing is built for events nobody listens to: this runs on every request.
+        wants_start = self.events.wants(RequestStarted)
+        wants_stop = self.events.wants(RequestStopped)
+        if scope["type"] != "http" or not (wants_start or wants_stop):
             await self.app(scope, receive, send)
             return
         request = Request(scope)
-        self.events.emit(RequestStarted(request))
+        if wants_start:
+            self.events.emit(RequestStarted(request))
+        if not wants_stop:
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
         # What an exception escaping the app turns into, one layer further out.
         status = 500
