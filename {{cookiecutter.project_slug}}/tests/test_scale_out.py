@@ -8,7 +8,7 @@ import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -197,7 +197,12 @@ def test_a_killed_workers_jobs_finish_on_the_others_once_its_leases_expire(
 
 
 async def run_engine_until_done(
-    make_settings: SettingsFactory, *, notify: bool, poll_interval: float, within: float
+    make_settings: SettingsFactory,
+    *,
+    notify: bool,
+    poll_interval: float,
+    within: float,
+    before_insert: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Insert a job through one store; an engine on another store must finish it `within`."""
     clock = SystemClock()
@@ -217,6 +222,8 @@ async def run_engine_until_done(
     await engine.start()
     try:
         await asyncio.sleep(0.2)  # the engine has looked once and found nothing: it is idle
+        if before_insert is not None:
+            await before_insert()
         job = await other_instance.insert_job(NewJob(payload={}))
         assert job.id is not None
 
@@ -244,3 +251,41 @@ async def test_with_notify_off_an_idle_worker_still_finds_jobs_by_polling(
     make_settings: SettingsFactory,
 ) -> None:
     await run_engine_until_done(make_settings, notify=False, poll_interval=0.3, within=5)
+
+
+async def listening_backends(conn: asyncpg.Connection) -> list[int]:
+    rows = await conn.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        " AND query LIKE 'LISTEN %' AND pid <> pg_backend_pid()"
+    )
+    return [row["pid"] for row in rows]
+
+
+async def test_a_dropped_listening_connection_is_opened_again_and_wakes_idle_workers(
+    make_settings: SettingsFactory,
+) -> None:
+    """As after a database restart: NOTIFY reaches the idle worker again, without polling."""
+    admin = await asyncpg.connect(make_settings().database_url)
+
+    async def drop_the_listening_connections() -> None:
+        listening = await listening_backends(admin)
+        assert len(listening) == 2  # the worker's store and the other instance's
+        terminate = "SELECT pg_terminate_backend(pid) FROM unnest($1::int[]) pid"
+        await admin.execute(terminate, listening)
+
+        async def listening_again() -> bool:
+            now = await listening_backends(admin)
+            return len(now) == 2 and not set(now) & set(listening)
+
+        await wait_until(listening_again, timeout=10, message="both stores to listen again")
+
+    try:
+        await run_engine_until_done(
+            make_settings,
+            notify=True,
+            poll_interval=60,
+            within=2,
+            before_insert=drop_the_listening_connections,
+        )
+    finally:
+        await admin.close()

@@ -5,7 +5,8 @@
 - Writes are group-committed: whatever queues while one transaction commits goes into the
   next, so a burst of requests costs one round trip and one commit, not one each.
 - An insert notifies every instance (LISTEN/NOTIFY) so an idle worker anywhere starts at once;
-  with DATABASE_NOTIFY=false, workers poll instead.
+  a listening connection that drops (a database restart) is opened again. With
+  DATABASE_NOTIFY=false, workers poll instead.
 - A running job holds a lease that its instance renews. When an instance dies, any other
   requeues its jobs once their leases expire (the lost attempt counted), or fails them when
   no attempt is left.
@@ -126,6 +127,8 @@ class PostgresJobStore:
         self._writer = GroupCommitter(self._commit)
         self._pool: asyncpg.Pool | None = None
         self._notifications: asyncpg.Connection | None = None
+        self._relisten: asyncio.Task[None] | None = None
+        self._closing = False
         self._held: set[int] = set()
         self._lease_keeper: asyncio.Task[None] | None = None
 
@@ -133,11 +136,15 @@ class PostgresJobStore:
         self._pool = await self._connect()
         await self._create_schema()
         if self._notify:
-            self._notifications = await asyncpg.connect(self._dsn)
-            await self._notifications.add_listener(NOTIFY_CHANNEL, self._on_notification)
+            await self._listen()
         self._lease_keeper = asyncio.create_task(self._keep_leases())
 
     async def close(self) -> None:
+        self._closing = True
+        if self._relisten is not None:
+            self._relisten.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._relisten
         if self._lease_keeper is not None:
             self._lease_keeper.cancel()
             with suppress(asyncio.CancelledError):
@@ -301,6 +308,33 @@ class PostgresJobStore:
                     logger.warning("Requeued %d jobs whose instance stopped renewing them", rescued)
             except StoreUnavailable as exc:
                 logger.error("Could not renew job leases: %s", exc)
+
+    async def _listen(self) -> None:
+        conn = await asyncpg.connect(self._dsn)
+        conn.add_termination_listener(self._on_listener_lost)
+        await conn.add_listener(NOTIFY_CHANNEL, self._on_notification)
+        self._notifications = conn
+
+    def _on_listener_lost(self, _conn: asyncpg.Connection) -> None:
+        if self._closing:
+            return
+        logger.warning("Lost the connection that listens for new jobs; opening it again")
+        self._relisten = asyncio.create_task(self._listen_again())
+
+    async def _listen_again(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self._listen()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                logger.warning("Cannot listen for new jobs yet (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            else:
+                logger.info("Listening for new jobs again")
+                # What was inserted while nobody listened is waiting: look now.
+                self._wake_local_workers()
+                return
 
     def _on_notification(self, *_: object) -> None:
         self._wake_local_workers()
