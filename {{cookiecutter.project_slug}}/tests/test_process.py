@@ -1,5 +1,6 @@
 """The service as a real process, started with `python -m`: signals, restarts, kill -9."""
 
+import json
 import signal
 import subprocess
 import sys
@@ -89,6 +90,21 @@ def start_service(service_env: dict[str, str], tmp_path: Path) -> Iterator[Servi
         # pytest shows what a test printed only when the test fails.
         print(f"----- log of service {number} (exit code {service.process.returncode}) -----")
         print(service.log())
+
+
+def test_log_format_json_writes_one_json_object_per_line(
+    start_service: ServiceStarter,
+) -> None:
+    service = start_service(LOG_FORMAT="json")
+    job_id = service.submit({"task": "sleep", "seconds": 0})
+    poll_until(lambda: service.job(job_id)["status"] == "done", message="the job to finish")
+    service.end()
+
+    lines = [json.loads(line) for line in service.log().splitlines() if line.strip()]
+    messages = {line["message"]: line for line in lines}
+    assert "Worker started" in " ".join(messages)
+    completed = messages[f"Job {job_id} completed successfully"]
+    assert (completed["job_id"], completed["task"], completed["level"]) == (job_id, "sleep", "info")
 
 
 def test_sigterm_drains_running_jobs_within_the_grace_period_and_exits_0(
