@@ -5,12 +5,17 @@ import asyncio
 {% endif -%}
 from datetime import datetime, timedelta
 
+{% if cookiecutter.job_store == "postgres" -%}
+import asyncpg
+
+{% endif -%}
 from {{ cookiecutter.package_name }}.jobs.model import Job, JobStatus
 from {{ cookiecutter.package_name }}.jobs.store import JobStore, NewJob
 {%- if cookiecutter.job_store == "sqlite" %}
 from {{ cookiecutter.package_name }}.jobs.store.sqlite import LOST_WORKER_STOPPED
 {%- elif cookiecutter.job_store == "postgres" %}
-from {{ cookiecutter.package_name }}.jobs.store.postgres import LOST_LEASE_EXPIRED
+from {{ cookiecutter.package_name }}.jobs.store.postgres import FOLD_COUNTS, LOST_LEASE_EXPIRED
+from {{ cookiecutter.package_name }}.settings import Settings
 {%- endif %}
 
 from .conftest import ManualClock{% if cookiecutter.job_store != "memory" %}, StoreOpener{% endif %}
@@ -475,6 +480,46 @@ async def test_a_late_outcome_from_the_instance_that_lost_the_lease_changes_noth
     await other.complete_job(taken_over, {"from": "the second instance"})
     assert (await stored(other, job)).result == {"from": "the second instance"}
     assert await counts(store) == {"done": 1}
+
+
+async def run_sql_on(settings: Settings, *statements: str) -> list[int]:
+    """Each statement's first value, on a connection to the store's database."""
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        return [await conn.fetchval(statement) for statement in statements]
+    finally:
+        await conn.close()
+
+
+async def test_folding_the_appended_counts_changes_no_count(
+    store: JobStore, settings: Settings
+) -> None:
+    await insert(store, 6)
+    for _ in range(3):
+        done, failed = await store.fetch_jobs(2)
+        await store.complete_job(done, None)
+        await store.error_job(failed, "give up", None)
+    count_rows = "SELECT count(*) FROM job_counts"
+
+    appended, _, folded = await run_sql_on(settings, count_rows, FOLD_COUNTS, count_rows)
+
+    assert (appended, folded) == (6, 2)
+    assert await counts(store) == {"done": 3, "failed": 3}
+
+
+async def test_finished_jobs_from_before_the_counts_table_are_counted_once_it_is_made(
+    store: JobStore, open_store: StoreOpener, clock: ManualClock, settings: Settings
+) -> None:
+    await insert(store, 3)
+    first, second = await store.fetch_jobs(2)
+    await store.complete_job(first, None)
+    await store.error_job(second, "give up", None)
+    # As a database last written by a render from before the table.
+    await run_sql_on(settings, "DROP TABLE job_counts")
+
+    restarted = await open_store(clock)
+
+    assert await counts(restarted) == {"queued": 1, "done": 1, "failed": 1}
 
 
 async def test_two_instances_claiming_together_never_get_the_same_job(

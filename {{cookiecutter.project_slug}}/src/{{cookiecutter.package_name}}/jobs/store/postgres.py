@@ -70,12 +70,25 @@ CLAIM_DUE_JOBS = (
 # and another instance has taken the job over, a late outcome changes nothing.
 HELD = "id = $1 AND status = 'running' AND locked_by = $2"
 RELEASED = "locked_by = NULL, lease_expires_at = NULL"
+# Jobs that end done or failed stay so: the statement that ends one also appends a row to
+# job_counts, so counting them never reads the jobs table (see count_jobs). Appended rows,
+# not one row per status updated in place: instances never wait for each other's lock.
 COMPLETE_JOB = (
-    f"UPDATE jobs SET status = 'done', result = $3, finished_at = $4, {RELEASED} WHERE {HELD}"
+    "WITH changed AS (UPDATE jobs SET status = 'done', result = $3, finished_at = $4,"
+    f" {RELEASED} WHERE {HELD} RETURNING status)"
+    " INSERT INTO job_counts (status, n) SELECT status, 1 FROM changed"
 )
 FAIL_ATTEMPT = (
-    f"UPDATE jobs SET status = $3, errors = $4, run_at = $5, finished_at = $6, {RELEASED}"
-    f" WHERE {HELD}"
+    "WITH changed AS (UPDATE jobs SET status = $3, errors = $4, run_at = $5,"
+    f" finished_at = $6, {RELEASED} WHERE {HELD} RETURNING status)"
+    " INSERT INTO job_counts (status, n) SELECT status, 1 FROM changed WHERE status = 'failed'"
+)
+# Folds the appended rows into one per status (see _keep_leases). Rows appended meanwhile
+# by other instances are not in this statement's snapshot and stay; two instances folding
+# at once each fold only the rows they deleted.
+FOLD_COUNTS = (
+    "WITH folded AS (DELETE FROM job_counts RETURNING status, n)"
+    " INSERT INTO job_counts (status, n) SELECT status, sum(n) FROM folded GROUP BY status"
 )
 RELEASE_JOB = (
     "UPDATE jobs SET status = 'queued', attempt = attempt - 1,"
@@ -87,11 +100,14 @@ RENEW_LEASES = (
     " WHERE id = ANY($1::bigint[]) AND status = 'running' AND locked_by = $2"
 )
 RESCUE_EXPIRED_LEASES = (
-    "UPDATE jobs SET"
+    "WITH changed AS (UPDATE jobs SET"
     " status = CASE WHEN attempt >= max_attempts THEN 'failed' ELSE 'queued' END,"
     " finished_at = CASE WHEN attempt >= max_attempts THEN $1 END,"
     f" errors = (errors::jsonb || jsonb_build_array($2::text))::json, {RELEASED}"
-    " WHERE status = 'running' AND lease_expires_at < $1"
+    " WHERE status = 'running' AND lease_expires_at < $1 RETURNING status),"
+    " counted AS (INSERT INTO job_counts (status, n)"
+    " SELECT status, count(*) FROM changed WHERE status = 'failed' GROUP BY status)"
+    " SELECT count(*) FROM changed"
 )
 NEXT_RUN_AT = "SELECT min(run_at) FROM jobs WHERE status = 'queued'"
 GET_JOB = f"SELECT {COLUMNS} FROM jobs WHERE id = $1"
@@ -100,7 +116,18 @@ LIST_JOBS = f"SELECT {COLUMNS} FROM jobs {NEWEST_FIRST} LIMIT $1 OFFSET $2"
 LIST_JOBS_BY_STATUS = (
     f"SELECT {COLUMNS} FROM jobs WHERE status = $3 {NEWEST_FIRST} LIMIT $1 OFFSET $2"
 )
-COUNT_JOBS = "SELECT status, count(*) FROM jobs GROUP BY status"
+# Queued and running jobs are counted through their partial indexes, which hold only them;
+# finished ones are added up from job_counts.
+COUNT_JOBS = (
+    "SELECT 'queued', count(*) FROM jobs WHERE status = 'queued'"
+    " UNION ALL SELECT 'running', count(*) FROM jobs WHERE status = 'running'"
+    " UNION ALL SELECT status, sum(n)::bigint FROM job_counts GROUP BY status"
+)
+COUNTS_TABLE = "CREATE TABLE job_counts (status text NOT NULL, n bigint NOT NULL)"
+COUNT_EXISTING_FINISHED_JOBS = (
+    "INSERT INTO job_counts (status, n) SELECT status, count(*) FROM jobs"
+    " WHERE status IN ('done', 'failed') GROUP BY status"
+)
 
 
 class PostgresJobStore:
@@ -270,8 +297,7 @@ class PostgresJobStore:
     ) -> list[int]:
         rescued = []
         for now in moments:
-            status = await conn.execute(RESCUE_EXPIRED_LEASES, now, LOST_LEASE_EXPIRED)
-            rescued.append(int(status.rpartition(" ")[2]))
+            rescued.append(await conn.fetchval(RESCUE_EXPIRED_LEASES, now, LOST_LEASE_EXPIRED))
         if any(rescued) and self._notify:
             await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
         return rescued
@@ -295,7 +321,7 @@ class PostgresJobStore:
                 return results
 
     async def _keep_leases(self) -> None:
-        """Renew this instance's leases, and rescue other instances' expired ones."""
+        """Renew this instance's leases, rescue other instances' expired ones, fold counts."""
         interval = self._lease.total_seconds() / 3
         while True:
             await asyncio.sleep(interval)
@@ -306,6 +332,7 @@ class PostgresJobStore:
                     await self._execute(RENEW_LEASES, held, self._instance, now + self._lease)
                 if rescued := await self.rescue_orphaned_jobs():
                     logger.warning("Requeued %d jobs whose instance stopped renewing them", rescued)
+                await self._execute(FOLD_COUNTS)
             except StoreUnavailable as exc:
                 logger.error("Could not renew job leases: %s", exc)
 
@@ -387,6 +414,9 @@ class PostgresJobStore:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
             for statement in statements:
                 await conn.execute(statement)
+            if await conn.fetchval("SELECT to_regclass('job_counts')") is None:
+                await conn.execute(COUNTS_TABLE)
+                await conn.execute(COUNT_EXISTING_FINISHED_JOBS)
 
 
 class _PooledConnection:
