@@ -50,6 +50,8 @@ class ServiceMetrics:
     """The service's metrics, in a registry of its own (tests build many apps per process)."""
 
     def __init__(self) -> None:
+        # prometheus_client chose where values live when it was imported, from this variable.
+        self._multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
         self.registry = CollectorRegistry()
         # Task labels are registered task names or "default", never a client's free text.
         self.enqueued = Counter(
@@ -126,7 +128,7 @@ class ServiceMetrics:
         events.subscribe(JobStarted, self._on_started)
         events.subscribe(JobStopped, self._on_stopped)
         events.subscribe(JobErrored, self._on_errored)
-        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        if self._multiprocess:
             # Other processes report what their files hold, so keep this one's file current.
             def count_busy(_: object) -> None:
                 self.busy_workers.set(engine.busy_workers)
@@ -148,7 +150,7 @@ class ServiceMetrics:
         else:
             for status in JobStatus:
                 self.jobs.labels(status.value).set(counts.get(status, 0))
-        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        if self._multiprocess:
             every_process = CollectorRegistry()
             MultiProcessCollector(every_process)
             return generate_latest(every_process)
@@ -156,7 +158,7 @@ class ServiceMetrics:
 
     def close(self) -> None:
         """At shutdown: with several processes, this one's busy and pool gauges stop counting."""
-        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
+        if self._multiprocess:
             mark_process_dead(os.getpid())
 
     def _on_enqueued(self, event: JobEnqueued) -> None:

@@ -44,6 +44,8 @@ NOTIFY_CHANNEL = "jobs_inserted"
 # Any fixed number: instances starting together take turns creating the schema.
 SCHEMA_LOCK = 7_310_114_420
 Batch = Callable[[asyncpg.Connection, list[Any]], Awaitable[list[Any]]]
+# What reaching the database can raise: refused or dropped connections, server errors.
+CONNECTION_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 
 COLUMNS = (
     "id, payload, status, attempt, max_attempts, run_at, inserted_at, started_at, finished_at,"
@@ -353,7 +355,7 @@ class PostgresJobStore:
         while True:
             try:
                 await self._listen()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except CONNECTION_ERRORS as exc:
                 logger.warning("Cannot listen for new jobs yet (%s); retrying", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -394,7 +396,7 @@ class PostgresJobStore:
                     self._dsn, min_size=2, max_size=10, init=_set_up_connection
                 )
                 return pool
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except CONNECTION_ERRORS as exc:
                 if time.monotonic() + delay > deadline:
                     raise StoreUnavailable(f"cannot reach the database: {exc}") from exc
                 logger.warning("Database not reachable yet (%s); retrying", exc)
@@ -428,7 +430,7 @@ class _PooledConnection:
     async def __aenter__(self) -> asyncpg.Connection:
         try:
             conn: asyncpg.Connection = await self._acquiring.__aenter__()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except CONNECTION_ERRORS as exc:
             raise StoreUnavailable(str(exc)) from exc
         return conn
 
