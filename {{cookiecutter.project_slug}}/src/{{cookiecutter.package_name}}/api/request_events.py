@@ -2,7 +2,6 @@
 
 import time
 
-from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..events import EventBus, RequestStarted, RequestStopped
@@ -22,9 +21,8 @@ class RequestEventsMiddleware:
         if scope["type"] != "http" or not (wants_start or wants_stop):
             await self.app(scope, receive, send)
             return
-        request = Request(scope)
         if wants_start:
-            self.events.emit(RequestStarted(request))
+            self.events.emit(RequestStarted(scope))
         if not wants_stop:
             await self.app(scope, receive, send)
             return
@@ -44,4 +42,4 @@ class RequestEventsMiddleware:
             # Routing records the matched route in the scope, which is this same dict.
             route = getattr(scope.get("route"), "path", None)
             duration = time.perf_counter() - started
-            self.events.emit(RequestStopped(request, route, status, duration))
+            self.events.emit(RequestStopped(scope, route, status, duration))
