@@ -16,14 +16,10 @@ class RequestEventsMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Nothing is built for events nobody listens to: this runs on every request.
-        wants_start = self.events.wants(RequestStarted)
-        wants_stop = self.events.wants(RequestStopped)
-        if scope["type"] != "http" or not (wants_start or wants_stop):
-            await self.app(scope, receive, send)
-            return
-        if wants_start:
+        is_http = scope["type"] == "http"
+        if is_http and self.events.wants(RequestStarted):
             self.events.emit(RequestStarted(scope))
-        if not wants_stop:
+        if not (is_http and self.events.wants(RequestStopped)):
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
