@@ -48,6 +48,8 @@ from .main import create_app
 from .settings import Settings, SettingsError, load_settings
 
 BARE_PATH = "/bench/bare"
+# Exit codes of a service process that stopped as asked.
+STOPPED = (0, -signal.SIGTERM)
 JOB_BODY = b'{"payload": {"task": "noop", "value": 42}}'
 {%- if cookiecutter.job_store != "memory" %}
 # Ingest alone (an API-only process), then the usual process that also runs the jobs.
@@ -142,12 +144,18 @@ def bench_http(requests: int, connections: int, *, workers: bool) -> None:
     label = "with workers running" if workers else "START_WORKERS=false"
     print(f"\nPOST throughput, {connections} connections, {requests} requests each ({label})")
     with running_server(workers) as port:
+        # Alternating, so that each /jobs round is compared with the bare round just before it.
         for path in (BARE_PATH, "/jobs", BARE_PATH, "/jobs"):
             asyncio.run(post_load(port, path, requests // 10, connections))  # warm-up
             seconds, latencies = asyncio.run(post_load(port, path, requests, connections))
             p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
             rate = requests / seconds
-            print(f"  {path:12} {rate:8.0f} req/s   p50 {p50:6.2f} ms   p99 {p99:6.2f} ms")
+            line = f"  {path:12} {rate:8.0f} req/s   p50 {p50:6.2f} ms   p99 {p99:6.2f} ms"
+            if path == BARE_PATH:
+                bare_rate = rate
+            else:
+                line += f"   {rate / bare_rate:4.0%} of bare"
+            print(line)
 
 
 @contextmanager
@@ -169,8 +177,7 @@ def running_server(workers: bool) -> Iterator[int]:
             time.sleep(0.05)
         yield port
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(30)
+        stop_all([server])
 
 
 async def post_load(
@@ -306,14 +313,17 @@ def worker_instances(count: int) -> Iterator[None]:
     env = {**os.environ, "START_HTTP": "false", "LOG_LEVEL": "warning"}
     package = __spec__.parent
     assert package, "run as python -m <package>.bench"
-    workers = [subprocess.Popen([sys.executable, "-m", package], env=env) for _ in range(count)]
+    workers = []
+    for _ in range(count):
+{%- if cookiecutter.use_metrics == "yes" %}
+        # A worker-only instance still listens, for /metrics and /health: a port each.
+        env["PORT"] = str(free_port())
+{%- endif %}
+        workers.append(subprocess.Popen([sys.executable, "-m", package], env=env))
     try:
         yield
     finally:
-        for worker in workers:
-            worker.send_signal(signal.SIGTERM)
-        for worker in workers:
-            worker.wait(30)
+        stop_all(workers)
 
 
 async def wait_for_listeners(instances: int) -> None:
@@ -375,6 +385,16 @@ async def bench_large_store(count: int) -> None:
                     (await client.get(url)).raise_for_status()
                     timings.append((time.perf_counter() - started) * 1000)
                 print(f"  GET {url:40} {statistics.median(timings):7.2f} ms")
+
+
+def stop_all(processes: list["subprocess.Popen[bytes]"]) -> None:
+    """Stop the processes a benchmark started; one that failed makes its numbers worthless."""
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    # uvicorn, stopped by SIGTERM, ends by raising it again.
+    failed = [code for process in processes if (code := process.wait(30)) not in STOPPED]
+    if failed:
+        raise RuntimeError(f"a service process the benchmark ran exited with {failed[0]}")
 
 
 def service_engine(settings: Settings, registry: TaskRegistry) -> tuple[JobStore, Engine]:
