@@ -3,7 +3,9 @@
 - Claims take a batch with one `UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)`,
   so two instances never start the same job.
 - Writes are group-committed: whatever queues while one transaction commits goes into the
-  next, so a burst of requests costs one round trip and one commit, not one each.
+  next, so a burst of requests costs one round trip and one commit, not one each. Inserts
+  and the workers' writes (claims, outcomes) commit apart, so that a request never waits
+  behind a worker's transaction.
 - An insert notifies every instance (LISTEN/NOTIFY) so an idle worker anywhere starts at once;
   a listening connection that drops (a database restart) is opened again. With
   DATABASE_NOTIFY=false, workers poll instead.
@@ -158,6 +160,7 @@ class PostgresJobStore:
         # Names this process in `locked_by`, so its outcomes and renewals touch only its jobs.
         self._instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._listeners: list[Callable[[], None]] = []
+        self._inserts = GroupCommitter(self._commit_inserts)
         self._writer = GroupCommitter(self._commit)
         self._pool: asyncpg.Pool | None = None
         self._notifications: asyncpg.Connection | None = None
@@ -183,6 +186,7 @@ class PostgresJobStore:
             self._lease_keeper.cancel()
             with suppress(asyncio.CancelledError):
                 await self._lease_keeper
+        await self._inserts.drain()
         await self._writer.drain()
         if self._notifications is not None:
             await self._notifications.close()
@@ -200,7 +204,7 @@ class PostgresJobStore:
 
     async def insert_all_jobs(self, new_jobs: Sequence[NewJob]) -> list[Job]:
         now = self._clock.now()
-        ids: list[int] = await self._writer.write(self._insert_jobs, (now, new_jobs))
+        ids: list[int] = await self._inserts.write(self._insert_jobs, (now, new_jobs))
         self._wake_local_workers()
         return [
             new_job.inserted(job_id, now) for new_job, job_id in zip(new_jobs, ids, strict=True)
@@ -310,23 +314,23 @@ class PostgresJobStore:
             await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
         return rescued
 
-    async def _commit(self, group: Group) -> Group:
+    async def _commit_inserts(self, group: Group) -> Group:
+        # One statement, atomic by itself: no BEGIN and COMMIT round trips. Accepted jobs
+        # are on disk before their requests are answered.
         async with self._connection() as conn:
-            if list(group) == [self._insert_jobs]:
-                # Inserts alone are one statement, atomic by itself: no BEGIN and COMMIT
-                # round trips.
-                return {self._insert_jobs: await self._insert_jobs(conn, group[self._insert_jobs])}
-            async with conn.transaction():
-                if self._insert_jobs not in group:
-                    # Claims and outcomes need not wait for the disk flush: if the database
-                    # itself crashes and loses the last of them, those jobs come back through
-                    # their leases and run again; accepted jobs (inserts) always wait for it.
-                    await conn.execute("SET LOCAL synchronous_commit = off")
-                results: Group = {}
-                for batch, items in group.items():
-                    apply: Batch = batch  # type: ignore[assignment]
-                    results[batch] = await apply(conn, items)
-                return results
+            return {self._insert_jobs: await self._insert_jobs(conn, group[self._insert_jobs])}
+
+    async def _commit(self, group: Group) -> Group:
+        async with self._connection() as conn, conn.transaction():
+            # Claims and outcomes need not wait for the disk flush: if the database itself
+            # crashes and loses the last of them, those jobs come back through their leases
+            # and run again.
+            await conn.execute("SET LOCAL synchronous_commit = off")
+            results: Group = {}
+            for batch, items in group.items():
+                apply: Batch = batch  # type: ignore[assignment]
+                results[batch] = await apply(conn, items)
+            return results
 
     async def _keep_leases(self) -> None:
         """Renew this instance's leases, rescue other instances' expired ones, fold counts."""
