@@ -94,14 +94,16 @@ def create_app(
 {%- endif %}
     app.add_middleware(RequestEventsMiddleware, events=events)
     install_error_handlers(app)
-    add_routes(app, system.router)
+    # Requests try routes in order: the jobs API, the busiest, comes first.
 {%- if cookiecutter.use_metrics == "yes" %}
-    add_routes(app, metrics.router)
-    # A worker-only process serves these two routers alone: for Prometheus and probes.
+    # A worker-only process serves the other two alone: for Prometheus and probes.
     if settings.start_http:
         add_routes(app, jobs.router)
+    add_routes(app, system.router)
+    add_routes(app, metrics.router)
 {%- else %}
     add_routes(app, jobs.router)
+    add_routes(app, system.router)
 {%- endif %}
     return app
 
