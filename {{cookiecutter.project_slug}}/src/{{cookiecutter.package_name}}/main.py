@@ -112,8 +112,8 @@ def add_routes(app: FastAPI, router: APIRouter) -> None:
     """Serve `router`'s routes from the app's own list; they carry their full paths and tags.
 
     `app.include_router` keeps a router as a layer of its own, which every request matches
-    through: measured in-process, each router tried cost a request about 3.5 us, a tenth of
-    what the bare endpoint of the benchmark costs in all.
+    through: measured in-process, each router tried cost a request about 3.5 us, where the
+    benchmark's bare endpoint costs 50 us in all.
     """
     app.router.routes.extend(router.routes)
 
