@@ -461,6 +461,25 @@ async def test_an_expired_lease_on_the_last_attempt_fails_the_job(
     assert await counts(store) == await counts(other) == {"failed": 1}
 
 
+async def test_a_rescue_skips_a_job_its_instance_is_finishing_and_waits_for_nothing(
+    store: JobStore, open_store: StoreOpener, clock: ManualClock, settings: Settings
+) -> None:
+    (job,) = await insert(store)
+    await store.fetch_jobs(1)
+    other = await open_store(clock)
+    clock.advance(LEASE + 1)
+    # The row locked as an outcome's transaction locks it, still open.
+    finishing = await asyncpg.connect(settings.database_url)
+    try:
+        async with finishing.transaction():
+            await finishing.execute("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE", job.id)
+            assert await asyncio.wait_for(other.rescue_orphaned_jobs(), timeout=5) == 0
+    finally:
+        await finishing.close()
+
+    assert await other.rescue_orphaned_jobs() == 1
+
+
 async def test_a_late_outcome_from_the_instance_that_lost_the_lease_changes_nothing(
     store: JobStore, open_store: StoreOpener, clock: ManualClock
 ) -> None:

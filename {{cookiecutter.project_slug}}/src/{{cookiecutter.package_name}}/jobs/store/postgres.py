@@ -23,8 +23,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from contextlib import suppress
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -113,7 +113,9 @@ RESCUE_EXPIRED_LEASES = (
     " status = CASE WHEN attempt >= max_attempts THEN 'failed' ELSE 'queued' END,"
     " finished_at = CASE WHEN attempt >= max_attempts THEN $1 END,"
     f" errors = (errors::jsonb || jsonb_build_array($2::text))::json, {RELEASED}"
-    " WHERE status = 'running' AND lease_expires_at < $1 RETURNING status),"
+    # A row locked now is being finished by its owner, alive after all: skipped, not waited on.
+    " WHERE id IN (SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at < $1"
+    " FOR UPDATE SKIP LOCKED) RETURNING status),"
     " counted AS (INSERT INTO job_counts (status, n)"
     " SELECT status, count(*) FROM changed WHERE status = 'failed' GROUP BY status)"
     " SELECT count(*) FROM changed"
@@ -220,8 +222,8 @@ class PostgresJobStore:
 
     async def complete_job(self, job: Job, result: Any) -> None:
         change = (job.id, self._instance, result, self._clock.now())
-        await self._writer.write(self._complete_jobs, change)
-        self._held.discard(_id(job))
+        with self._letting_go(job):
+            await self._writer.write(self._complete_jobs, change)
 
     async def error_job(self, job: Job, error: str, retry_at: datetime | None) -> None:
         errors = [*job.errors, error]
@@ -231,19 +233,41 @@ class PostgresJobStore:
             change = (job.id, self._instance, JobStatus.FAILED.value, errors, job.run_at, now)
         else:
             change = (job.id, self._instance, JobStatus.QUEUED.value, errors, retry_at, None)
-        await self._writer.write(self._fail_attempts, change)
-        self._held.discard(_id(job))
+        with self._letting_go(job):
+            await self._writer.write(self._fail_attempts, change)
 
     async def release_jobs(self, jobs: Sequence[Job]) -> None:
         held = [(job.id, self._instance) for job in jobs]
-        await asyncio.gather(*(self._writer.write(self._release_jobs, job) for job in held))
-        self._held.difference_update(_id(job) for job in jobs)
+        try:
+            await asyncio.gather(*(self._writer.write(self._release_jobs, job) for job in held))
+        finally:
+            self._held.difference_update(_id(job) for job in jobs)
 
     async def rescue_orphaned_jobs(self) -> int:
-        rescued: int = await self._writer.write(self._rescue_expired_leases, self._clock.now())
+        # A transaction of its own, never in a group with claims and outcomes: it locks other
+        # instances' jobs, and a group holding those locks could wait on one of theirs that
+        # waits on it (a deadlock, seen under load with two-second leases).
+        async with self._connection() as conn:
+            now = self._clock.now()
+            rescued: int = await conn.fetchval(RESCUE_EXPIRED_LEASES, now, LOST_LEASE_EXPIRED)
+            if rescued and self._notify:
+                await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
         if rescued:
             self._wake_local_workers()
         return rescued
+
+    @contextmanager
+    def _letting_go(self, job: Job) -> Iterator[None]:
+        """Stop renewing the job's lease once its outcome is stored, or failed to be.
+
+        An outcome that could not be stored (a dropped connection) would otherwise leave the
+        job running, its lease renewed for as long as this instance lives; let go, the lease
+        expires and any instance rescues the job, the lost attempt counted.
+        """
+        try:
+            yield
+        finally:
+            self._held.discard(_id(job))
 
     async def next_run_at(self) -> datetime | None:
         rows = await self._fetch(NEXT_RUN_AT)
@@ -308,16 +332,6 @@ class PostgresJobStore:
         await conn.executemany(RELEASE_JOB, jobs)
         return [None] * len(jobs)
 
-    async def _rescue_expired_leases(
-        self, conn: asyncpg.Connection, moments: list[datetime]
-    ) -> list[int]:
-        rescued = []
-        for now in moments:
-            rescued.append(await conn.fetchval(RESCUE_EXPIRED_LEASES, now, LOST_LEASE_EXPIRED))
-        if any(rescued) and self._notify:
-            await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
-        return rescued
-
     async def _commit_inserts(self, group: Group) -> Group:
         # One statement, atomic by itself: no BEGIN and COMMIT round trips. Accepted jobs
         # are on disk before their requests are answered.
@@ -326,9 +340,9 @@ class PostgresJobStore:
 
     async def _commit(self, group: Group) -> Group:
         async with self._connection() as conn:
-            # One round trip for both, where asyncpg's transaction() would take two.
-            await conn.execute(BEGIN_WITHOUT_WAITING_FOR_FLUSH)
             try:
+                # One round trip for both, where asyncpg's transaction() would take two.
+                await conn.execute(BEGIN_WITHOUT_WAITING_FOR_FLUSH)
                 results: Group = {}
                 for batch, items in group.items():
                     apply: Batch = batch  # type: ignore[assignment]
