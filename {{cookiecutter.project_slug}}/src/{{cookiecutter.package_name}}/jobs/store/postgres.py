@@ -104,9 +104,12 @@ RELEASE_JOB = (
     f" started_at = CASE WHEN attempt = 1 THEN NULL ELSE started_at END, {RELEASED}"
     f" WHERE {HELD}"
 )
+# Skips the rows locked now: the jobs whose outcomes are being stored, in an order of their
+# own (waiting for them could deadlock with that transaction), or being rescued.
 RENEW_LEASES = (
-    "UPDATE jobs SET lease_expires_at = $3"
+    "UPDATE jobs SET lease_expires_at = $3 WHERE id IN (SELECT id FROM jobs"
     " WHERE id = ANY($1::bigint[]) AND status = 'running' AND locked_by = $2"
+    " FOR UPDATE SKIP LOCKED)"
 )
 RESCUE_EXPIRED_LEASES = (
     "WITH changed AS (UPDATE jobs SET"
@@ -246,7 +249,7 @@ class PostgresJobStore:
     async def rescue_orphaned_jobs(self) -> int:
         # A transaction of its own, never in a group with claims and outcomes: it locks other
         # instances' jobs, and a group holding those locks could wait on one of theirs that
-        # waits on it (a deadlock, seen under load with two-second leases).
+        # waits on it: a deadlock.
         async with self._connection() as conn:
             now = self._clock.now()
             rescued: int = await conn.fetchval(RESCUE_EXPIRED_LEASES, now, LOST_LEASE_EXPIRED)
