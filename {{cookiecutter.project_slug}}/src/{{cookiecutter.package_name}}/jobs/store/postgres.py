@@ -241,10 +241,8 @@ class PostgresJobStore:
 
     async def release_jobs(self, jobs: Sequence[Job]) -> None:
         held = [(job.id, self._instance) for job in jobs]
-        try:
+        with self._letting_go(*jobs):
             await asyncio.gather(*(self._writer.write(self._release_jobs, job) for job in held))
-        finally:
-            self._held.difference_update(_id(job) for job in jobs)
 
     async def rescue_orphaned_jobs(self) -> int:
         # A transaction of its own, never in a group with claims and outcomes: it locks other
@@ -260,17 +258,17 @@ class PostgresJobStore:
         return rescued
 
     @contextmanager
-    def _letting_go(self, job: Job) -> Iterator[None]:
-        """Stop renewing the job's lease once its outcome is stored, or failed to be.
+    def _letting_go(self, *jobs: Job) -> Iterator[None]:
+        """Stop renewing the jobs' leases once their outcome is stored, or failed to be.
 
-        An outcome that could not be stored (a dropped connection) would otherwise leave the
+        An outcome that could not be stored (a dropped connection) would otherwise leave a
         job running, its lease renewed for as long as this instance lives; let go, the lease
         expires and any instance rescues the job, the lost attempt counted.
         """
         try:
             yield
         finally:
-            self._held.discard(_id(job))
+            self._held.difference_update(_id(job) for job in jobs)
 
     async def next_run_at(self) -> datetime | None:
         rows = await self._fetch(NEXT_RUN_AT)
