@@ -1,6 +1,7 @@
 """The one place HTTP requests are observed: it emits RequestStarted and RequestStopped."""
 
 import time
+from collections.abc import Awaitable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,11 +27,13 @@ class RequestEventsMiddleware:
         # What an exception escaping the app turns into, one layer further out.
         status = 500
 
-        async def send_noting_status(message: Message) -> None:
+        # A plain function handing back send's awaitable: an async one would add a coroutine
+        # to every message sent.
+        def send_noting_status(message: Message) -> Awaitable[None]:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-            await send(message)
+            return send(message)
 
         try:
             await self.app(scope, receive, send_noting_status)
