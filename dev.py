@@ -3,6 +3,8 @@
 
     python3 dev.py serve [key=value ...]   render the project into build/ and run it
     python3 dev.py test [pytest args ...]  run every template test
+    python3 dev.py metrics-cost [key=value ...] [--rounds N]
+                                           measure what use_metrics=yes costs a render
 
 Both keep .venv at the repository root with requirements-dev.txt installed in it.
 This file needs only the standard library and Python >= 3.11; the cookiecutter part
@@ -27,7 +29,10 @@ BUILD_DIR = ROOT / "build"
 COOKIECUTTER_JSON = ROOT / "cookiecutter.json"
 # Holds the hash of what was last installed into a virtualenv, to skip reinstalling.
 INSTALL_STAMP = ".installed-sha256"
-USAGE = "usage: python3 dev.py serve [key=value ...] | test [pytest args ...]"
+USAGE = (
+    "usage: python3 dev.py serve [key=value ...] | test [pytest args ...]"
+    " | metrics-cost [key=value ...] [--rounds N]"
+)
 
 
 class DevError(Exception):
@@ -192,9 +197,17 @@ def test(pytest_args: list[str]) -> None:
     os.execv(dev_python, [str(dev_python), "-m", "pytest", *pytest_args])
 
 
+def metrics_cost(arguments: list[str]) -> None:
+    """Run benchmarks/metrics_cost.py, which renders with and without metrics and compares."""
+    dev_python = ensure_dev_venv()
+    script = ROOT / "benchmarks" / "metrics_cost.py"
+    os.execv(dev_python, [str(dev_python), str(script), *arguments])
+
+
 COMMANDS: dict[str, Callable[[list[str]], None]] = {
     "serve": serve,
     "test": test,
+    "metrics-cost": metrics_cost,
     "_render": render_in_dev_venv,
 }
 
