@@ -144,8 +144,10 @@ def compare_requests(
                 variant: stack.enter_context(serving(render, workers))
                 for variant, render in taking_turns(renders, round_number)
             }
+            for server, port in servers.values():  # started together, waited for together
+                wait_until_healthy(server, port)
             for path in PATHS:
-                asyncio.run(load_together(servers, path, 1.0, connections))  # warm-up
+                asyncio.run(load_together(servers, path, seconds / 5, connections))  # warm-up
                 measured = asyncio.run(load_together(servers, path, seconds, connections))
                 results[path].append(measured)
                 print(f"  round {round_number} {path:12} {describe(measured, 'req/s', 'us')}")
@@ -168,7 +170,6 @@ def serving(render: Render, workers: bool) -> Iterator[tuple[subprocess.Popen[by
         env["START_WORKERS"] = str(workers).lower()
         server = subprocess.Popen(command, env=env, preexec_fn=on_server_cpu)
         try:
-            wait_until_healthy(server, port)
             yield server, port
         finally:
             server.send_signal(signal.SIGTERM)
