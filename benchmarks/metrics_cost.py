@@ -63,7 +63,8 @@ class Render:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("answers", nargs="*", help="cookiecutter answers, key=value")
-    parser.add_argument("--rounds", type=int, default=5)
+    # Even, so that each render goes first as often as the other.
+    parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=5.0, help="length of a round")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--jobs", type=int, default=20_000, help="jobs end to end")
