@@ -4,7 +4,7 @@
 
 Benchmark runs one after the other move by 10-25% on a shared machine, more than the cost
 being measured, so this runs the two renders at the same time instead, under the same
-conditions: both servers on CPU 0, the load on CPU 1. Each round loads both for the same
+conditions: both servers on one CPU, the load on another. Each round loads both for the same
 seconds, with the load of the render's own benchmark (`<package>.bench`: POST /jobs, and
 its bare endpoint that parses the body and stores nothing), and reads each server's
 requests per second and CPU time per request. End to end, both renders run the benchmark's
@@ -36,7 +36,9 @@ from cookiecutter.exceptions import FailedHookException
 from cookiecutter.main import cookiecutter
 
 TEMPLATE_DIR = Path(__file__).resolve().parent.parent
-SERVER_CPU, LOAD_CPU = {0}, {1}
+# The first two CPUs this process may run on: one for both servers, one for the load.
+USABLE_CPUS = sorted(os.sched_getaffinity(0))
+SERVER_CPU, LOAD_CPU = set(USABLE_CPUS[:1]), set(USABLE_CPUS[1:2])
 VARIANTS = ("yes", "no")  # use_metrics of the two renders
 PATHS = ("/bench/bare", "/jobs")
 JOB_BODY = b'{"payload": {"task": "noop", "value": 42}}'
@@ -75,7 +77,7 @@ def main() -> None:
     answers = dict(answer.partition("=")[::2] for answer in args.answers)
     if "use_metrics" in answers:
         sys.exit("error: use_metrics is what this compares; give the other answers only")
-    if len(os.sched_getaffinity(0)) < 2:
+    if len(USABLE_CPUS) < 2:
         sys.exit("error: this needs two CPUs: one for both servers, one for the load")
     with tempfile.TemporaryDirectory() as scratch:
         renders = {variant: render(Path(scratch), answers, variant) for variant in VARIANTS}
