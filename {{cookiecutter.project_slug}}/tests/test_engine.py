@@ -63,7 +63,6 @@ async def start_engine(open_store: StoreOpener, clock: ManualClock) -> AsyncIter
 
 
 async def job_now(store: JobStore, job: Job) -> Job:
-    assert job.id is not None
     found = await store.get_job(job.id)
     assert found is not None
     return found

@@ -94,7 +94,6 @@ async def test_a_job_reports_start_then_stop_with_its_result_and_duration(
     assert stopped.result == {"answer": 42}
     assert 0 <= stopped.duration < 5
     # Stopped means stored: a subscriber that looks the job up finds it done.
-    assert job.id is not None
     stored = await real_time_store.get_job(job.id)
     assert stored is not None and stored.status is JobStatus.DONE
 
@@ -140,7 +139,6 @@ async def test_a_subscriber_that_raises_is_logged_and_breaks_nothing(
     (job,) = await run_jobs(real_time_store, events, NewJob({"task": "ok"}))
 
     assert [event.job.id for event in later] == [job.id]
-    assert job.id is not None
     stored = await real_time_store.get_job(job.id)
     assert stored is not None and stored.status is JobStatus.DONE
     assert "Subscriber" in caplog.text and "subscriber bug" in caplog.text

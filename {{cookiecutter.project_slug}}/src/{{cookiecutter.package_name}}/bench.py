@@ -249,7 +249,6 @@ async def bench_wakeup(samples: int) -> None:
 
     @registry.task("probe")
     async def probe(job: Job) -> None:
-        assert job.id is not None
         started_at[job.id] = time.perf_counter()
 
     await store.open()
@@ -260,7 +259,6 @@ async def bench_wakeup(samples: int) -> None:
             await asyncio.sleep(0.005)  # let the engine go idle
             inserted = time.perf_counter()
             job = await store.insert_job(NewJob(payload={"task": "probe"}))
-            assert job.id is not None
             while job.id not in started_at:
                 await asyncio.sleep(0.0005)
             latencies.append((started_at[job.id] - inserted) * 1000)
@@ -303,7 +301,6 @@ async def bench_cross_instance_wakeup(samples: int) -> None:
             await asyncio.sleep(0.005)  # let the other instance go idle
             inserted = clock.now()
             job = await store.insert_job(NewJob(payload={"task": "noop"}))
-            assert job.id is not None
             while (started := await store.get_job(job.id)) is None or not started.started_at:
                 await asyncio.sleep(0.0005)
             latencies.append((started.started_at - inserted).total_seconds() * 1000)

@@ -146,13 +146,11 @@ class Engine:
         return min(max(wait, 0.0), self._poll_interval)
 
     def _start(self, job: Job) -> None:
-        assert job.id is not None
         task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
         self._running[job.id] = (job, task)
         self._busy += 1
 
     async def _run(self, job: Job) -> None:
-        assert job.id is not None
         task = self._registry.resolve(job)
         self._events.emit(JobStarted(job, task.name, _queue_wait(job)))
         result: Any = None

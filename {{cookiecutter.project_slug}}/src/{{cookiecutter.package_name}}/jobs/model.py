@@ -1,16 +1,15 @@
-"""The job table and its JSON shape."""
+"""The job as the engine and API pass it around{% if cookiecutter.job_store != "memory" %}, the table it is kept in,{% endif %} and its JSON shape."""
 
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
 {% if cookiecutter.job_store != "memory" -%}
 from sqlalchemy import JSON, DateTime, Index, String, text
-{% else -%}
-from sqlalchemy import JSON, DateTime, String
-{% endif -%}
 from sqlmodel import Field, SQLModel
 
+{% endif -%}
 from .clock import isoformat_z
 
 
@@ -20,27 +19,40 @@ class JobStatus(StrEnum):
     DONE = "done"
     FAILED = "failed"
 
+{%- if cookiecutter.job_store != "memory" %}
+
+
+# Stores read statuses as text: a dict lookup, where JobStatus(text) runs two Python calls.
+STATUS_BY_TEXT = {status.value: status for status in JobStatus}
 
 # Every moment is UTC; databases that can keep the zone do.
 MOMENT = DateTime(timezone=True)
+{%- endif %}
 
 
-class Job(SQLModel):
-    """One unit of work and everything that happened to it."""
+@dataclass(slots=True, kw_only=True)
+class Job:
+    """One unit of work and everything that happened to it.
 
-    id: int | None = Field(default=None, primary_key=True)
-    payload: dict[str, Any] = Field(sa_type=JSON)
-    status: JobStatus = Field(default=JobStatus.QUEUED, sa_type=String(16))
+    A plain dataclass: stores build one for every job inserted, claimed or listed, from
+    values they have already checked, and building it as a validated SQLModel cost five to
+    six times as much (measured: 38,000 against 6,500 instructions for a new job, 48,500
+    against 9,100 for one read back with every field).
+    """
+
+    id: int
+    payload: dict[str, Any]
+    status: JobStatus = JobStatus.QUEUED
     # Attempts started so far, including the running one.
     attempt: int = 0
     max_attempts: int = 3
-    run_at: datetime = Field(sa_type=MOMENT)
-    inserted_at: datetime = Field(sa_type=MOMENT)
-    started_at: datetime | None = Field(default=None, sa_type=MOMENT)
-    finished_at: datetime | None = Field(default=None, sa_type=MOMENT)
-    result: Any = Field(default=None, sa_type=JSON, nullable=True)
+    run_at: datetime
+    inserted_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result: Any = None
     # One error text per failed attempt, oldest first.
-    errors: list[str] = Field(default_factory=list, sa_type=JSON)
+    errors: list[str] = field(default_factory=list)
 
     @property
     def task_name(self) -> str | None:
@@ -50,8 +62,11 @@ class Job(SQLModel):
 {%- if cookiecutter.job_store != "memory" %}
 
 
-class JobRow(Job, table=True):
-    """The table jobs are kept in. Engine and API pass `Job` around: rows are for stores."""
+class JobRow(SQLModel, table=True):
+    """The table jobs are kept in: Job's fields as columns{% if cookiecutter.job_store == "postgres" %}, and the lease{% endif %}.
+
+    tests/test_store_contract.py checks that the two keep the same fields.
+    """
 
     __tablename__ = "jobs"
 {%- set where = "sqlite_where" if cookiecutter.job_store == "sqlite" else "postgresql_where" %}
@@ -67,6 +82,18 @@ class JobRow(Job, table=True):
         Index("ix_jobs_leases", "lease_expires_at", {{ where }}=text("status = 'running'")),
 {%- endif %}
     )
+
+    id: int | None = Field(default=None, primary_key=True)
+    payload: dict[str, Any] = Field(sa_type=JSON)
+    status: JobStatus = Field(default=JobStatus.QUEUED, sa_type=String(16))
+    attempt: int = 0
+    max_attempts: int = 3
+    run_at: datetime = Field(sa_type=MOMENT)
+    inserted_at: datetime = Field(sa_type=MOMENT)
+    started_at: datetime | None = Field(default=None, sa_type=MOMENT)
+    finished_at: datetime | None = Field(default=None, sa_type=MOMENT)
+    result: Any = Field(default=None, sa_type=JSON, nullable=True)
+    errors: list[str] = Field(default_factory=list, sa_type=JSON)
 {%- if cookiecutter.job_store == "postgres" %}
 
     # The instance running the job, and until when it has promised to be alive.

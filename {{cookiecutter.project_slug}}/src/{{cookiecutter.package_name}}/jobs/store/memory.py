@@ -2,6 +2,7 @@
 
 import heapq
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -52,7 +53,7 @@ class MemoryJobStore:
             inserted.append(job)
         for notify in self._listeners:
             notify()
-        return [job.model_copy() for job in inserted]
+        return [replace(job) for job in inserted]
 
     async def fetch_jobs(self, limit: int) -> list[Job]:
         now = self._clock.now()
@@ -65,7 +66,7 @@ class MemoryJobStore:
             self._move(job, JobStatus.RUNNING)
             job.attempt += 1
             job.started_at = now
-            claimed.append(job.model_copy())
+            claimed.append(replace(job))
         return claimed
 
     async def complete_job(self, job: Job, result: Any) -> None:
@@ -109,14 +110,14 @@ class MemoryJobStore:
 
     async def get_job(self, job_id: int) -> Job | None:
         job = self._jobs.get(job_id)
-        return job and job.model_copy()
+        return job and replace(job)
 
     async def list_jobs(self, status: JobStatus | None, limit: int, offset: int) -> list[Job]:
         # Ids grow with insertion time here, so newest first is highest id first.
         if status is None:
             newest = len(self._jobs) - offset
             return [
-                self._jobs[job_id].model_copy()
+                replace(self._jobs[job_id])
                 for job_id in range(newest, newest - limit, -1)
                 if job_id > 0
             ]
@@ -129,7 +130,7 @@ class MemoryJobStore:
             if skipped < offset:
                 skipped += 1
                 continue
-            page.append(job.model_copy())
+            page.append(replace(job))
             if len(page) == limit:
                 break
         return page
@@ -138,14 +139,12 @@ class MemoryJobStore:
         return dict(self._counts)
 
     def _running(self, job: Job) -> Job:
-        assert job.id is not None
         stored = self._jobs[job.id]
         if stored.status is not JobStatus.RUNNING:
             raise ValueError(f"job {job.id} is {stored.status}, not running")
         return stored
 
     def _enqueue(self, job: Job) -> None:
-        assert job.id is not None
         heapq.heappush(self._due, (job.run_at, job.id))
 
     def _move(self, job: Job, status: JobStatus) -> None:

@@ -35,7 +35,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 
 from ..clock import Clock
 from ..codec import dumps
-from ..model import Job, JobRow, JobStatus
+from ..model import STATUS_BY_TEXT, Job, JobRow, JobStatus
 from .base import NewJob, StoreUnavailable
 from .group_commit import Group, GroupCommitter
 
@@ -268,7 +268,7 @@ class PostgresJobStore:
         try:
             yield
         finally:
-            self._held.difference_update(_id(job) for job in jobs)
+            self._held.difference_update(job.id for job in jobs)
 
     async def next_run_at(self) -> datetime | None:
         rows = await self._fetch(NEXT_RUN_AT)
@@ -317,7 +317,7 @@ class PostgresJobStore:
             now = self._clock.now()
             rows = await conn.fetch(CLAIM_DUE_JOBS, now, self._instance, now + self._lease, limit)
             batch = sorted((_job_from_row(row) for row in rows), key=lambda j: (j.run_at, j.id))
-            self._held.update(_id(job) for job in batch)
+            self._held.update(job.id for job in batch)
             claimed.append(batch)
         return claimed
 
@@ -498,9 +498,16 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
 
 
 def _job_from_row(row: asyncpg.Record) -> Job:
-    return Job(**dict(row.items()))
-
-
-def _id(job: Job) -> int:
-    assert job.id is not None
-    return job.id
+    return Job(
+        id=row[0],
+        payload=row[1],
+        status=STATUS_BY_TEXT[row[2]],
+        attempt=row[3],
+        max_attempts=row[4],
+        run_at=row[5],
+        inserted_at=row[6],
+        started_at=row[7],
+        finished_at=row[8],
+        result=row[9],
+        errors=row[10],
+    )

@@ -25,7 +25,7 @@ from sqlmodel import SQLModel
 
 from ..clock import Clock
 from ..codec import dumps
-from ..model import Job, JobRow, JobStatus
+from ..model import STATUS_BY_TEXT, Job, JobRow, JobStatus
 from .base import NewJob, StoreUnavailable
 from .group_commit import Group, GroupCommitter
 
@@ -328,7 +328,7 @@ def _job_from_row(row: Row) -> Job:
     return Job(
         id=row[0],
         payload=orjson.loads(row[1]),
-        status=row[2],
+        status=STATUS_BY_TEXT[row[2]],
         attempt=row[3],
         max_attempts=row[4],
         run_at=_from_db(row[5]),
