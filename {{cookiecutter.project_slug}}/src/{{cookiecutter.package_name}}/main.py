@@ -101,25 +101,23 @@ def create_app(
     # Requests try routes in order: the jobs API, the busiest, comes first.
 {%- if cookiecutter.use_metrics == "yes" %}
     # A worker-only process serves the other two alone: for Prometheus and probes.
-    if settings.start_http:
-        add_routes(app, jobs.router)
-    add_routes(app, system.router)
-    add_routes(app, metrics.router)
+    routers = [jobs.router] if settings.start_http else []
+    add_routes(app, *routers, system.router, metrics.router)
 {%- else %}
-    add_routes(app, jobs.router)
-    add_routes(app, system.router)
+    add_routes(app, jobs.router, system.router)
 {%- endif %}
     return app
 
 
-def add_routes(app: FastAPI, router: APIRouter) -> None:
-    """Serve `router`'s routes from the app's own list; they carry their full paths and tags.
+def add_routes(app: FastAPI, *routers: APIRouter) -> None:
+    """Serve the routers' routes from the app's own list, in order, ahead of FastAPI's docs.
 
     `app.include_router` keeps a router as a layer of its own, which every request matches
     through: measured in-process, each router tried cost a request about 3.5 us, where the
-    benchmark's bare endpoint costs 50 us in all.
+    benchmark's bare endpoint costs 50 us in all. FastAPI adds its four docs routes when the
+    app is made; behind them, every request to the API tried those four first.
     """
-    app.router.routes.extend(router.routes)
+    app.router.routes[:0] = [route for router in routers for route in router.routes]
 
 
 def settings_for_process() -> Settings:
