@@ -190,6 +190,17 @@ def test_payload_nesting_is_accepted_up_to_the_limit_and_refused_beyond() -> Non
     assert message == f"'payload' is nested more than {MAX_DEPTH} levels deep"
 
 
+def test_a_scheduled_payload_nested_too_deep_is_refused_too() -> None:
+    document = {"payload": nested(MAX_DEPTH + 1), "run_at": "2030-01-02T03:04:05Z"}
+    message = bad_request(parse_scheduled_job, body(document))
+    assert message == f"'payload' is nested more than {MAX_DEPTH} levels deep"
+
+
+def test_a_payload_of_many_brackets_side_by_side_is_not_too_deep() -> None:
+    payload = {"rows": [[n] for n in range(2 * MAX_DEPTH)]}
+    assert parse_new_job(body({"payload": payload})).payload == payload
+
+
 def test_nesting_depth_counts_lists_and_objects_but_not_scalars() -> None:
     assert nesting_depth(5) == 0
     assert nesting_depth({}) == 1

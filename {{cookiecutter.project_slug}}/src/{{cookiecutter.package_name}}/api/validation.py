@@ -40,14 +40,14 @@ def parse_new_job(body: bytes) -> NewJob:
     document = parse_json_object(body)
     if "payload" not in document:
         raise BadRequest(MISSING_PAYLOAD)
-    payload = _payload(document["payload"], "'payload' must be a JSON object")
+    payload = _payload(document["payload"], "'payload' must be a JSON object", body)
     return NewJob(payload=payload, max_attempts=_max_attempts(document))
 
 
 def parse_scheduled_job(body: bytes) -> NewJob:
     """`POST /jobs/schedule`: payload, run_at (ISO 8601, UTC unless it says otherwise)."""
     document = parse_json_object(body)
-    payload = _payload(document.get("payload"), SCHEDULE_FIELDS)
+    payload = _payload(document.get("payload"), SCHEDULE_FIELDS, body)
     run_at = parse_moment(document.get("run_at"))
     if run_at is None:
         raise BadRequest(SCHEDULE_FIELDS)
@@ -92,10 +92,13 @@ def parse_job_id(value: str) -> int | None:
     return job_id if 1 <= job_id < 2**63 else None
 
 
-def _payload(value: Any, message: str) -> dict[str, Any]:
+def _payload(value: Any, message: str, body: bytes) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise BadRequest(message)
-    if nesting_depth(value) > MAX_DEPTH:
+    # Each level opens with a bracket, so counting them (in C: 0.2 us) spares most bodies
+    # the walk (1.3 us for a payload of two fields).
+    brackets = body.count(b"{") + body.count(b"[")
+    if brackets > MAX_DEPTH and nesting_depth(value) > MAX_DEPTH:
         raise BadRequest(f"'payload' is nested more than {MAX_DEPTH} levels deep")
     return value
 
