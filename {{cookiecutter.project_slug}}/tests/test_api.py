@@ -357,6 +357,18 @@ async def test_schedule_accepts_a_job_with_run_at_normalised_to_utc(
     )
 
 
+async def test_a_run_at_before_the_year_1000_keeps_its_four_year_digits(
+    client: httpx.AsyncClient,
+) -> None:
+    document = {"payload": {}, "run_at": "0999-01-02T03:04:05+00:00"}
+    response = await client.post("/jobs/schedule", json=document)
+
+    assert response.status_code == 202, response.text
+    assert response.json()["run_at"] == "0999-01-02T03:04:05.000000Z"
+    job = await get_job(client, response.json()["job_id"])
+    assert job["run_at"] == "0999-01-02T03:04:05.000000Z"
+
+
 async def test_schedule_keeps_max_attempts(client: httpx.AsyncClient) -> None:
     response = await client.post(
         "/jobs/schedule", json={"payload": {}, "run_at": "2030-01-01T00:00:00Z", "max_attempts": 9}

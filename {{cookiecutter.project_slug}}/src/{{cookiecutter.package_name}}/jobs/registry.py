@@ -2,7 +2,7 @@
 
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .clock import SystemClock, isoformat_z
@@ -17,10 +17,11 @@ class Task:
     handler: Handler
     # Seconds an attempt may take before it counts as failed; None means no limit.
     timeout: float | None = None
+    # Found once: the engine asks for every job, and inspect answers through three calls.
+    is_async: bool = field(init=False)
 
-    @property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.handler)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.handler))
 
 
 async def complete_any_job(job: Job) -> dict[str, Any]:
