@@ -44,11 +44,12 @@ PATHS = ("/bench/bare", "/jobs")
 JOB_BODY = b'{"payload": {"task": "noop", "value": 42}}'
 # The render's own end-to-end benchmark on an empty store, timed by the process's CPU clock.
 END_TO_END = (
-    "import asyncio, time\n"
+    "import time\n"
+    "from {package} import event_loop\n"
     "from {package}.bench import bench_end_to_end, empty_store\n"
     "with empty_store():\n"
     "    cpu = time.process_time()\n"
-    "    asyncio.run(bench_end_to_end({jobs}))\n"
+    "    event_loop.run(bench_end_to_end({jobs}))\n"
     "    print(f'cpu {{time.process_time() - cpu}}')\n"
 )
 

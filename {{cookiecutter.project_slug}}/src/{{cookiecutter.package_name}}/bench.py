@@ -36,6 +36,7 @@ import httpx
 import uvicorn
 from fastapi import Request
 
+from . import event_loop
 from .api.errors import FastJSONResponse
 from .api.jobs import read_body
 from .api.validation import parse_new_job
@@ -113,18 +114,18 @@ def run_benchmarks(args: argparse.Namespace) -> None:
         with empty_store():
             bench_http(args.requests, args.connections, workers=workers)
     with empty_store():
-        asyncio.run(bench_end_to_end(args.jobs))
+        event_loop.run(bench_end_to_end(args.jobs))
     with empty_store():
-        asyncio.run(bench_wakeup(args.wakeups))
+        event_loop.run(bench_wakeup(args.wakeups))
 {%- if cookiecutter.job_store == "postgres" %}
     with empty_store():
-        asyncio.run(bench_worker_processes(args.jobs, processes=2))
+        event_loop.run(bench_worker_processes(args.jobs, processes=2))
     with empty_store():
-        asyncio.run(bench_cross_instance_wakeup(args.wakeups))
+        event_loop.run(bench_cross_instance_wakeup(args.wakeups))
 {%- endif %}
     if args.large_store:
         with empty_store():
-            asyncio.run(bench_large_store(args.large_store))
+            event_loop.run(bench_large_store(args.large_store))
 
 
 def serve_with_bare_endpoint(port: int) -> None:

@@ -187,6 +187,8 @@ class Engine:
 
     async def _execute(self, task: Task, job: Job) -> Any:
         outcome: Awaitable[Any] = task.handler(job) if task.is_async else _run_in_thread(task, job)
+        if task.timeout is None:
+            return await outcome
         # asyncio.timeout, unlike wait_for, keeps the handler in this task, where _run catches
         # whatever it raises: a SystemExit escaping a task of its own would stop the loop.
         deadline = asyncio.timeout(task.timeout)
