@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from .baking import JOB_STORES, Bake, resolve_answers
+from .databases import suite_environment
 from .processes import became_healthy, free_port
 from .render_checks import (
     find_forbidden_mentions,
@@ -179,15 +180,17 @@ def test_render_passes_ruff_and_mypy(rendered: Render, gate: list[str]) -> None:
 
 
 def test_render_own_test_suite_passes(rendered: Render) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
-        cwd=rendered.project_dir,
-        env={**os.environ, "PYTHONPATH": "src", "PYTHONDONTWRITEBYTECODE": "1"},
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=SUITE_TIMEOUT,
-    )
+    env = {**os.environ, "PYTHONPATH": "src", "PYTHONDONTWRITEBYTECODE": "1"}
+    with suite_environment(rendered.answers["job_store"]) as suite_env:
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+            cwd=rendered.project_dir,
+            env={**env, **suite_env},
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=SUITE_TIMEOUT,
+        )
 
     assert result.returncode == 0, output_of(result)
 

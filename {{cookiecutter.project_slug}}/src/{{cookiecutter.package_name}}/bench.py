@@ -347,7 +347,10 @@ def worker_instances(count: int) -> Iterator[None]:
 
 async def wait_for_listeners(instances: int) -> None:
     """Wait until `instances` more connections than this one LISTEN for new jobs."""
-    listening = "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'LISTEN%'"
+    listening = (
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE datname = current_database() AND query LIKE 'LISTEN %'"
+    )
     deadline = time.monotonic() + 30
     while await fetch_value(listening) < instances + 1:
         if time.monotonic() > deadline:
