@@ -41,15 +41,18 @@ def database_of_its_own(server_url: str) -> Iterator[str]:
     When the server cannot be reached, `server_url` itself: the suite then skips its
     PostgreSQL tests with its own loud reason (or fails them under REQUIRE_POSTGRES=1).
     """
-    parts = urlsplit(server_url)
     name = f"render_suite_{uuid.uuid4().hex[:12]}"
     try:
         run_sql(server_url, f"CREATE DATABASE {name}")
     except UNREACHABLE:
+        created = False
+    else:
+        created = True
+    if not created:
         yield server_url
         return
     try:
-        yield urlunsplit(parts._replace(path=f"/{name}"))
+        yield urlunsplit(urlsplit(server_url)._replace(path=f"/{name}"))
     finally:
         # FORCE: a service process the suite started and a failure left running may hold on.
         run_sql(server_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
