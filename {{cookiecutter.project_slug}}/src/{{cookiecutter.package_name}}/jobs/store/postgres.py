@@ -172,6 +172,9 @@ class PostgresJobStore:
         self._inserts = GroupCommitter(self._commit_inserts)
         self._writer = GroupCommitter(self._commit)
         self._pool: asyncpg.Pool | None = None
+        # Each group committer commits one group at a time, always on the same connection.
+        self._insert_connection = _HeldConnection(self._open_pool)
+        self._writer_connection = _HeldConnection(self._open_pool)
         self._notifications: asyncpg.Connection | None = None
         self._relisten: asyncio.Task[None] | None = None
         self._closing = False
@@ -197,6 +200,9 @@ class PostgresJobStore:
                 await self._lease_keeper
         await self._inserts.drain()
         await self._writer.drain()
+        # The pool's close waits for every connection to come back.
+        await self._insert_connection.release()
+        await self._writer_connection.release()
         if self._notifications is not None:
             await self._notifications.close()
         if self._pool is not None:
@@ -336,11 +342,11 @@ class PostgresJobStore:
     async def _commit_inserts(self, group: Group) -> Group:
         # One statement, atomic by itself: no BEGIN and COMMIT round trips. Accepted jobs
         # are on disk before their requests are answered.
-        async with self._connection() as conn:
+        async with self._insert_connection as conn:
             return {self._insert_jobs: await self._insert_jobs(conn, group[self._insert_jobs])}
 
     async def _commit(self, group: Group) -> Group:
-        async with self._connection() as conn:
+        async with self._writer_connection as conn:
             try:
                 # One round trip for both, where asyncpg's transaction() would take two.
                 await conn.execute(BEGIN_WITHOUT_WAITING_FOR_FLUSH)
@@ -417,9 +423,12 @@ class PostgresJobStore:
             await conn.execute(query, *args)
 
     def _connection(self) -> "_PooledConnection":
+        return _PooledConnection(self._open_pool())
+
+    def _open_pool(self) -> asyncpg.Pool:
         if self._pool is None:
             raise StoreUnavailable("the store is not open")
-        return _PooledConnection(self._pool)
+        return self._pool
 
     async def _connect(self) -> asyncpg.Pool:
         """A connection pool, retrying for a while so the service can start beside its database."""
@@ -478,6 +487,45 @@ class _PooledConnection:
         error = exc_info[1]
         if isinstance(error, OSError | asyncpg.PostgresConnectionError | asyncpg.InterfaceError):
             raise StoreUnavailable(str(error)) from error
+
+
+class _HeldConnection:
+    """A pool connection kept from one use to the next, for a user that needs one at a time.
+
+    Taking a connection from the pool and giving it back for each group commit cost more
+    client work than the commit's own statements: measured in-process, 8,700 instructions a
+    `POST /jobs` in groups of 16; end to end with two worker instances, 17-21% of the jobs/s.
+    After any error the connection goes back to the pool, which rolls it back or closes it,
+    and the next use takes another.
+    """
+
+    def __init__(self, pool: Callable[[], asyncpg.Pool]) -> None:
+        self._pool = pool
+        self._conn: asyncpg.Connection | None = None
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        if self._conn is None:
+            try:
+                self._conn = await self._pool().acquire()
+            except CONNECTION_ERRORS as exc:
+                raise StoreUnavailable(str(exc)) from exc
+        return self._conn
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        error = exc_info[1]
+        if error is None:
+            return
+        await self.release()
+        if isinstance(error, OSError | asyncpg.PostgresConnectionError | asyncpg.InterfaceError):
+            raise StoreUnavailable(str(error)) from error
+
+    async def release(self) -> None:
+        """Give the connection back to the pool, if one is held."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            # The pool closes a connection it cannot reset: one that broke needs nothing more.
+            with suppress(*CONNECTION_ERRORS):
+                await self._pool().release(conn)
 
 
 async def _set_up_connection(conn: asyncpg.Connection) -> None:
