@@ -48,6 +48,8 @@ SCHEMA_LOCK = 7_310_114_420
 Batch = Callable[[asyncpg.Connection, list[Any]], Awaitable[list[Any]]]
 # What reaching the database can raise: refused or dropped connections, server errors.
 CONNECTION_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+# Of those, the ones that mean the connection itself is lost, not that a statement failed.
+LOST_CONNECTION = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
 
 COLUMNS = (
     "id, payload, status, attempt, max_attempts, run_at, inserted_at, started_at, finished_at,"
@@ -485,7 +487,7 @@ class _PooledConnection:
     async def __aexit__(self, *exc_info: Any) -> None:
         await self._acquiring.__aexit__(*exc_info)
         error = exc_info[1]
-        if isinstance(error, OSError | asyncpg.PostgresConnectionError | asyncpg.InterfaceError):
+        if isinstance(error, LOST_CONNECTION):
             raise StoreUnavailable(str(error)) from error
 
 
@@ -516,7 +518,7 @@ class _HeldConnection:
         if error is None:
             return
         await self.release()
-        if isinstance(error, OSError | asyncpg.PostgresConnectionError | asyncpg.InterfaceError):
+        if isinstance(error, LOST_CONNECTION):
             raise StoreUnavailable(str(error)) from error
 
     async def release(self) -> None:
