@@ -558,7 +558,9 @@ async def test_a_failed_job_shows_one_error_per_attempt(
     assert UTC_TIMESTAMP.fullmatch(job["finished_at"])
 
 
-@pytest.mark.parametrize("job_id", ["999999", "0", "-1", str(2**63), str(2**64), "9" * 30])
+@pytest.mark.parametrize(
+    "job_id", ["999999", str(2**31), str(2**63 - 1), "0", "-1", str(2**63), str(2**64), "9" * 30]
+)
 async def test_an_unknown_job_is_404_job_not_found(client: httpx.AsyncClient, job_id: str) -> None:
     await submit(client)
 

@@ -555,6 +555,36 @@ async def test_finished_jobs_from_before_the_counts_table_are_counted_once_it_is
     assert await counts(restarted) == {"queued": 1, "done": 1, "failed": 1}
 
 
+async def test_ids_go_past_the_32_bit_range(store: JobStore, settings: Settings) -> None:
+    await run_sql_on(settings, f"SELECT setval(pg_get_serial_sequence('jobs', 'id'), {2**31 - 1})")
+
+    (job,) = await insert(store)
+
+    assert job.id == 2**31
+    assert (await stored(store, job)).id == 2**31
+
+
+async def test_a_table_with_32_bit_ids_is_widened_at_start_with_its_jobs_kept(
+    store: JobStore, open_store: StoreOpener, clock: ManualClock, settings: Settings
+) -> None:
+    jobs = await insert(store, 2)
+    # As a database last written by a render from before 64-bit ids.
+    await run_sql_on(
+        settings,
+        "ALTER TABLE jobs ALTER COLUMN id TYPE integer",
+        "ALTER SEQUENCE jobs_id_seq AS integer",
+        f"SELECT setval('jobs_id_seq', {2**31 - 1})",
+    )
+
+    restarted = await open_store(clock)
+
+    assert [found.id for found in await restarted.list_jobs(None, 10, 0)] == [
+        job.id for job in reversed(jobs)
+    ]
+    (job,) = await insert(restarted)
+    assert job.id == 2**31
+
+
 async def test_two_instances_claiming_together_never_get_the_same_job(
     store: JobStore, open_store: StoreOpener, clock: ManualClock
 ) -> None:

@@ -6,7 +6,7 @@ from enum import StrEnum
 from typing import Any
 
 {% if cookiecutter.job_store != "memory" -%}
-from sqlalchemy import JSON, DateTime, Index, String, text
+from sqlalchemy import JSON, {% if cookiecutter.job_store == "postgres" %}BigInteger, {% endif %}DateTime, Index, String, text
 from sqlmodel import Field, SQLModel
 
 {% endif -%}
@@ -82,8 +82,14 @@ class JobRow(SQLModel, table=True):
         Index("ix_jobs_leases", "lease_expires_at", {{ where }}=text("status = 'running'")),
 {%- endif %}
     )
+{%- if cookiecutter.job_store == "postgres" %}
+
+    # 64 bits: a busy service passes the 2,147,483,647 ids of an integer within a few years.
+    id: int | None = Field(default=None, primary_key=True, sa_type=BigInteger)
+{%- else %}
 
     id: int | None = Field(default=None, primary_key=True)
+{%- endif %}
     payload: dict[str, Any] = Field(sa_type=JSON)
     status: JobStatus = Field(default=JobStatus.QUEUED, sa_type=String(16))
     attempt: int = 0

@@ -143,6 +143,12 @@ COUNT_JOBS = (
     " UNION ALL SELECT 'running', count(*) FROM jobs WHERE status = 'running'"
     " UNION ALL SELECT status, sum(n)::bigint FROM job_counts GROUP BY status"
 )
+# Tables made before ids were 64 bits hold integer ones, which run out at 2,147,483,647.
+ID_TYPE = (
+    "SELECT atttypid::regtype::text FROM pg_attribute"
+    " WHERE attrelid = 'jobs'::regclass AND attname = 'id'"
+)
+ID_SEQUENCE = "SELECT pg_get_serial_sequence('jobs', 'id')"
 COUNTS_TABLE = "CREATE TABLE job_counts (status text NOT NULL, n bigint NOT NULL)"
 COUNT_EXISTING_FINISHED_JOBS = (
     "INSERT INTO job_counts (status, n) SELECT status, count(*) FROM jobs"
@@ -466,6 +472,8 @@ class PostgresJobStore:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
             for statement in statements:
                 await conn.execute(statement)
+            if await conn.fetchval(ID_TYPE) == "integer":
+                await _widen_ids(conn)
             if await conn.fetchval("SELECT to_regclass('job_counts')") is None:
                 await conn.execute(COUNTS_TABLE)
                 await conn.execute(COUNT_EXISTING_FINISHED_JOBS)
@@ -528,6 +536,16 @@ class _HeldConnection:
             # The pool closes a connection it cannot reset: one that broke needs nothing more.
             with suppress(*CONNECTION_ERRORS):
                 await self._pool().release(conn)
+
+
+async def _widen_ids(conn: asyncpg.Connection) -> None:
+    """Make a table's ids 64 bits: it is rewritten once, and other instances wait meanwhile."""
+    rows = await conn.fetchval("SELECT count(*) FROM jobs")
+    logger.warning("Widening the jobs table's ids to 64 bits (%d jobs, done once)", rows)
+    await conn.execute("ALTER TABLE jobs ALTER COLUMN id TYPE bigint")
+    # The name comes from the database itself, quoted as SQL needs it.
+    sequence = await conn.fetchval(ID_SEQUENCE)
+    await conn.execute(f"ALTER SEQUENCE {sequence} AS bigint")
 
 
 async def _set_up_connection(conn: asyncpg.Connection) -> None:
