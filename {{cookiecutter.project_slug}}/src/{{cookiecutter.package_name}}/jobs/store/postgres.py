@@ -78,8 +78,12 @@ CLAIM_DUE_JOBS = (
     f" RETURNING {COLUMNS}"
 )
 # Outcomes only apply while this instance still holds the job: once its lease has expired
-# and another instance has taken the job over, a late outcome changes nothing.
-HELD = "id = $1 AND status = 'running' AND locked_by = $2"
+# and another instance has taken the job over, a late outcome changes nothing. `locked_by`
+# is set exactly while a job runs, so it alone says so. With `status = 'running'` added, the
+# planner, which statistics tell that few jobs run, walked ix_jobs_status_newest's running
+# entries (dead ones of every job finished since the last vacuum included) instead of the
+# primary key: 0.29 against 0.05 ms a finish on 1,000,000 jobs, 148 against 5 index pages.
+HELD = "id = $1 AND locked_by = $2"
 RELEASED = "locked_by = NULL, lease_expires_at = NULL"
 # Jobs that end done or failed stay so: the statement that ends one also appends a row to
 # job_counts, so counting them never reads the jobs table (see count_jobs). Appended rows,
@@ -110,7 +114,7 @@ RELEASE_JOB = (
 # own (waiting for them could deadlock with that transaction), or being rescued.
 RENEW_LEASES = (
     "UPDATE jobs SET lease_expires_at = $3 WHERE id IN (SELECT id FROM jobs"
-    " WHERE id = ANY($1::bigint[]) AND status = 'running' AND locked_by = $2"
+    " WHERE id = ANY($1::bigint[]) AND locked_by = $2"
     " FOR UPDATE SKIP LOCKED)"
 )
 RESCUE_EXPIRED_LEASES = (
