@@ -585,6 +585,28 @@ async def test_a_table_with_32_bit_ids_is_widened_at_start_with_its_jobs_kept(
     assert job.id == 2**31
 
 
+async def test_a_32_bit_id_column_without_its_sequence_is_widened_all_the_same(
+    store: JobStore, open_store: StoreOpener, clock: ManualClock, settings: Settings
+) -> None:
+    (job,) = await insert(store)
+    # As a table whose owner replaced the ids' sequence with ids of their own making.
+    await run_sql_on(
+        settings,
+        "ALTER TABLE jobs ALTER COLUMN id TYPE integer",
+        "ALTER TABLE jobs ALTER COLUMN id DROP DEFAULT",
+        "DROP SEQUENCE jobs_id_seq",
+    )
+
+    restarted = await open_store(clock)
+
+    assert (await stored(restarted, job)).id == job.id
+    bigint_ids = (
+        "SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema()"
+        " AND table_name = 'jobs' AND column_name = 'id' AND data_type = 'bigint'"
+    )
+    assert await run_sql_on(settings, bigint_ids) == [1]
+
+
 async def test_two_instances_claiming_together_never_get_the_same_job(
     store: JobStore, open_store: StoreOpener, clock: ManualClock
 ) -> None:

@@ -547,9 +547,11 @@ async def _widen_ids(conn: asyncpg.Connection) -> None:
     rows = await conn.fetchval("SELECT count(*) FROM jobs")
     logger.warning("Widening the jobs table's ids to 64 bits (%d jobs, done once)", rows)
     await conn.execute("ALTER TABLE jobs ALTER COLUMN id TYPE bigint")
-    # The name comes from the database itself, quoted as SQL needs it.
+    # The name comes from the database itself, quoted as SQL needs it; none if someone gave
+    # the column another default, whose range is theirs to mind.
     sequence = await conn.fetchval(ID_SEQUENCE)
-    await conn.execute(f"ALTER SEQUENCE {sequence} AS bigint")
+    if sequence is not None:
+        await conn.execute(f"ALTER SEQUENCE {sequence} AS bigint")
 
 
 async def _set_up_connection(conn: asyncpg.Connection) -> None:
