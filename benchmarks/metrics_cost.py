@@ -151,7 +151,8 @@ def compare_requests(
             for server, port in servers.values():  # started together, waited for together
                 wait_until_healthy(server, port)
             for path in PATHS:
-                asyncio.run(load_together(servers, path, seconds / 5, connections))  # warm-up
+                # Warm-up; the first requests open connections and build what is built lazily.
+                asyncio.run(load_together(servers, path, max(seconds / 5, 1.0), connections))
                 measured = asyncio.run(load_together(servers, path, seconds, connections))
                 results[path].append(measured)
                 print(f"  round {round_number} {path:12} {describe(measured, 'req/s', 'us')}")

@@ -20,6 +20,7 @@ STORE_FILES: dict[str, tuple[Path, ...]] = {
     "sqlite": (
         STORE_DIR / "sqlite.py",
         STORE_DIR / "group_commit.py",
+        Path("tests", "test_sqlite_store.py"),
     ),
     "memory": (STORE_DIR / "memory.py",),
     "postgres": (
@@ -32,8 +33,6 @@ STORE_FILES: dict[str, tuple[Path, ...]] = {
 # Everything of the metrics feature that is a file of its own.
 METRICS_FILES: tuple[Path, ...] = (
     PACKAGE_DIR / "metrics.py",
-    PACKAGE_DIR / "loop_metrics.py",
-    PACKAGE_DIR / "api" / "metrics.py",
     Path("tests", "test_metrics.py"),
     Path("monitoring"),
 )

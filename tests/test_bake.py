@@ -53,6 +53,7 @@ RENDERS: dict[str, dict[str, str]] = {
 STORE_FILE_OWNERS: dict[str, set[str]] = {
     "src/<package>/jobs/store/group_commit.py": {"sqlite", "postgres"},
     "tests/test_scale_out.py": {"postgres"},
+    "tests/test_sqlite_store.py": {"sqlite"},
 }
 # A PostgreSQL render's settings need a DATABASE_URL; only its format is checked, so
 # nothing has to listen there.
@@ -212,7 +213,7 @@ def test_project_name_leaves_no_trace_of_the_default_names(bake: Bake) -> None:
 
 
 @pytest.mark.slow
-def test_default_render_installs_and_runs_in_a_fresh_venv(bake: Bake, tmp_path: Path) -> None:
+def test_default_render_installs_runs_and_benchmarks_in_a_fresh_venv(bake: Bake, tmp_path: Path) -> None:
     package = resolve_answers({})["package_name"]
     # pip builds a local project in place; a copy keeps build output out of the render.
     source = shutil.copytree(bake(), tmp_path / "source")
@@ -248,3 +249,15 @@ def test_default_render_installs_and_runs_in_a_fresh_venv(bake: Bake, tmp_path: 
 
     assert healthy, log_file.read_text()
     assert exit_code == 0, log_file.read_text()
+    # The benchmark needs nothing a plain install lacks (no test dependency).
+    sizes = ["--requests", "100", "--connections", "2", "--jobs", "100", "--wakeups", "3"]
+    bench = subprocess.run(
+        [str(python), "-m", f"{package}.bench", *sizes, "--large-store", "100"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=SUITE_TIMEOUT,
+    )
+    assert bench.returncode == 0, output_of(bench)

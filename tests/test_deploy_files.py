@@ -324,20 +324,18 @@ def test_kubernetes_postgres_runs_api_and_workers_as_two_deployments(bake: Bake)
         "START_WORKERS": "true",
         "DATABASE_URL": secret,
     }
-    # With metrics on, a worker-only process listens for /metrics and /health.
-    assert worker_container["readinessProbe"]["httpGet"]["path"] == "/health"
+    # A worker-only process listens for /health (and /metrics).
+    assert http_container(worker)["readinessProbe"]["httpGet"]["path"] == "/health"
     assert api["spec"]["template"]["spec"]["containers"][0]["image"] == worker_container["image"]
     assert service["spec"]["selector"] == api["spec"]["selector"]["matchLabels"]
 
 
-def test_kubernetes_workers_without_metrics_have_no_port_to_probe(bake: Bake) -> None:
+def test_kubernetes_workers_without_metrics_are_probed_on_health_too(bake: Bake) -> None:
     kinds = manifests(bake(**store_answers("postgres"), use_metrics="no"))
 
     _, worker = kinds["Deployment"]
-    (worker_container,) = worker["spec"]["template"]["spec"]["containers"]
 
-    assert "readinessProbe" not in worker_container
-    assert "ports" not in worker_container
+    assert env_of(http_container(worker))["START_HTTP"] == "false"
 
 
 @pytest.mark.parametrize("single_store", ["sqlite", "memory"])

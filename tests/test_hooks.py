@@ -229,7 +229,7 @@ def rendered_hook(name: str, answers: dict[str, Any], destination: Path) -> Path
 # derived from the hook's STORE_FILES, so a wrong entry there fails. (A store missing
 # here is still checked by tests/test_bake.py, which bakes every store.)
 KEPT_STORE_FILES: dict[str, set[str]] = {
-    "sqlite": {"store/sqlite.py", "store/group_commit.py"},
+    "sqlite": {"store/sqlite.py", "store/group_commit.py", "tests/test_sqlite_store.py"},
     "memory": {"store/memory.py"},
     "postgres": {"store/postgres.py", "store/group_commit.py", "tests/test_scale_out.py"},
 }
@@ -265,7 +265,6 @@ def test_post_gen_hook_keeps_exactly_the_chosen_store_files_and_can_run_twice(
 # Everything of the metrics feature, relative to the project root; "<package>" is replaced.
 METRICS_FILES = {
     "src/<package>/metrics.py",
-    "src/<package>/api/metrics.py",
     "tests/test_metrics.py",
     "monitoring/prometheus.yml",
     "monitoring/grafana/dashboards/jobs.json",
@@ -282,7 +281,7 @@ def test_post_gen_hook_removes_every_metrics_file_when_metrics_are_off(
         project_dir / relative.replace("<package>", answers["package_name"])
         for relative in METRICS_FILES
     ]
-    kept = project_dir / "src" / answers["package_name"] / "main.py"
+    kept = project_dir / "src" / answers["package_name"] / "app.py"
     for path in [*files, kept]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("")

@@ -28,9 +28,9 @@ import pytest
 from fastapi import FastAPI
 
 import {{ cookiecutter.package_name }}
+from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.jobs.clock import Clock
 from {{ cookiecutter.package_name }}.jobs.store import JobStore, make_store
-from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 
 START = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)

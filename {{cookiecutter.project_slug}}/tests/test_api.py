@@ -10,9 +10,9 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.jobs.model import JobStatus
 from {{ cookiecutter.package_name }}.jobs.store import JobStore, NewJob
-from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import SettingsFactory, serve, wait_until
@@ -137,6 +137,19 @@ async def test_health_is_ok_in_a_process_without_workers(make_settings: Settings
         response = await client.get("/health")
 
     assert (response.status_code, response.json()) == (200, {"status": "OK"})
+
+
+async def test_a_worker_only_process_serves_health_for_probes_but_not_the_jobs_api(
+    make_settings: SettingsFactory,
+) -> None:
+    async with serve(create_app(make_settings(start_http=False))) as client:
+        health = await client.get("/health")
+        submitted = await client.post("/jobs", json={"payload": {}})
+        documented = (await client.get("/openapi.json")).json()["paths"]
+
+    assert (health.status_code, health.json()) == (200, {"status": "OK"})
+    assert_error(submitted, 404)
+    assert not any(path.startswith("/jobs") for path in documented)
 {%- endif %}
 
 
@@ -199,10 +212,11 @@ async def test_submitted_jobs_get_growing_integer_ids(client: httpx.AsyncClient)
     assert len(set(ids)) == 3
 
 
-@pytest.mark.parametrize("max_attempts", [1, 7, 100])
+@pytest.mark.parametrize("max_attempts", [1, 7, 100, 7.0])
 async def test_submit_keeps_max_attempts(client: httpx.AsyncClient, max_attempts: int) -> None:
     job_id = await submit(client, max_attempts=max_attempts)
 
+    # 7.0 is an integer to JSON Schema, and so to the API.
     assert (await get_job(client, job_id))["max_attempts"] == max_attempts
 
 
@@ -226,16 +240,16 @@ async def test_submit_with_a_payload_that_is_not_an_object_is_400(
 ) -> None:
     response = await client.post("/jobs", json={"payload": payload})
 
-    assert_error(response, 400, "'payload' must be a JSON object")
+    assert_error(response, 400, "payload: Input should be a valid dictionary")
 
 
-@pytest.mark.parametrize("max_attempts", [0, 101, -1, "3", 3.0, True, None, [3], {"n": 3}])
+@pytest.mark.parametrize("max_attempts", [0, 101, -1, "3", 3.5, True, None, [3], {"n": 3}])
 async def test_submit_with_bad_max_attempts_is_400(
     client: httpx.AsyncClient, max_attempts: Any
 ) -> None:
     response = await client.post("/jobs", json={"payload": {}, "max_attempts": max_attempts})
 
-    assert_error(response, 400, "'max_attempts' must be an integer from 1 to 100")
+    assert assert_error(response, 400).startswith("max_attempts: ")
 
 
 @pytest.mark.parametrize(
@@ -428,7 +442,7 @@ async def test_schedule_with_bad_max_attempts_is_400(
 
     response = await client.post("/jobs/schedule", json=document)
 
-    assert_error(response, 400)
+    assert assert_error(response, 400).startswith("max_attempts: ")
 
 
 # --- GET /jobs
@@ -472,7 +486,7 @@ async def test_list_shows_50_per_page_by_default_and_at_most_200(
     assert len(await listed_ids(client, "?per_page=500&page=2")) == 5
 
 
-@pytest.mark.parametrize("page", ["99999999", "1" + "0" * 20, "9" * 30])
+@pytest.mark.parametrize("page", ["99999999", "1" + "0" * 20, "9" * 30, "9" * 300])
 async def test_list_of_a_page_far_beyond_the_end_is_empty(
     client: httpx.AsyncClient, page: str
 ) -> None:
@@ -493,7 +507,7 @@ async def test_list_of_a_page_far_beyond_the_end_is_empty(
         "?page=1.5",
         "?page=",
         "?page=1e3",
-        "?page=" + "9" * 31,
+        "?page=" + "9" * 5000,
         "?per_page=0",
         "?per_page=-1",
         "?per_page=ten",
@@ -559,7 +573,8 @@ async def test_a_failed_job_shows_one_error_per_attempt(
 
 
 @pytest.mark.parametrize(
-    "job_id", ["999999", str(2**31), str(2**63 - 1), "0", "-1", str(2**63), str(2**64), "9" * 30]
+    "job_id",
+    ["999999", str(2**31), str(2**63 - 1), "0", "-1", str(2**63), str(2**64), "9" * 300],
 )
 async def test_an_unknown_job_is_404_job_not_found(client: httpx.AsyncClient, job_id: str) -> None:
     await submit(client)
@@ -569,7 +584,7 @@ async def test_an_unknown_job_is_404_job_not_found(client: httpx.AsyncClient, jo
     assert_error(response, 404, "Job not found")
 
 
-@pytest.mark.parametrize("job_id", ["abc", "1.5", "1e3", "0x1", "9" * 31, "%20"])
+@pytest.mark.parametrize("job_id", ["abc", "1.5", "1e3", "0x1", "9" * 5000, "%20"])
 async def test_a_job_id_that_is_not_an_integer_is_400(
     client: httpx.AsyncClient, job_id: str
 ) -> None:
@@ -591,21 +606,24 @@ async def test_an_unknown_route_is_404_with_a_json_error(
 
 
 @pytest.mark.parametrize(
-    ("method", "path"),
+    ("method", "path", "allowed"),
     [
-        ("DELETE", "/jobs/1"),
-        ("PUT", "/jobs"),
-        ("POST", "/"),
-        ("PATCH", "/health"),
-        ("POST", "/stats"),
+        ("DELETE", "/jobs/1", "GET, HEAD"),
+        ("PUT", "/jobs", "GET, HEAD, POST"),
+        ("OPTIONS", "/jobs", "GET, HEAD, POST"),
+        ("GET", "/jobs/schedule", "POST"),
+        ("POST", "/", "GET, HEAD"),
+        ("PATCH", "/health", "GET, HEAD"),
+        ("POST", "/stats", "GET, HEAD"),
     ],
 )
-async def test_a_wrong_method_is_405_with_a_json_error(
-    client: httpx.AsyncClient, method: str, path: str
+async def test_a_wrong_method_is_405_naming_every_allowed_method(
+    client: httpx.AsyncClient, method: str, path: str, allowed: str
 ) -> None:
     response = await client.request(method, path)
 
     assert_error(response, 405)
+    assert response.headers["allow"] == allowed
 
 
 # --- Anything at all

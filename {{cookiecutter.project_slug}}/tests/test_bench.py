@@ -13,6 +13,7 @@ import pytest
 PACKAGE = "{{ cookiecutter.package_name }}"
 SECTIONS = (
     "POST throughput",
+    "one client, one request at a time",
     "End to end, 300 no-op jobs, pool size",
     "Wake-up latency",
 {%- if cookiecutter.job_store == "postgres" %}

@@ -434,8 +434,8 @@ async def main():
     await store.open()
     engine = Engine(store, registry, clock, pool_size=2, backoff_base=1, backoff_max=1)
     await engine.start()
-    escaping = await store.insert_job(NewJob({"task": "escape"}, max_attempts=1))
-    later = await store.insert_job(NewJob({"task": "later"}))
+    escaping = await store.insert_job(NewJob(payload={"task": "escape"}, max_attempts=1))
+    later = await store.insert_job(NewJob(payload={"task": "later"}))
     for _ in range(500):
         jobs = [await store.get_job(job.id) for job in (escaping, later)]
         if all(job.status in ("done", "failed") for job in jobs):

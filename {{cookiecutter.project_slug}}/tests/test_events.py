@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from {{ cookiecutter.package_name }} import main
+from {{ cookiecutter.package_name }} import app as app_module
+from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.events import (
     EventBus,
     JobEnqueued,
@@ -25,7 +26,6 @@ from {{ cookiecutter.package_name }}.jobs.model import Job, JobStatus
 from {{ cookiecutter.package_name }}.jobs.registry import TaskRegistry
 from {{ cookiecutter.package_name }}.jobs.store import JobStore, NewJob
 from {{ cookiecutter.package_name }}.logs import JsonFormatter, log_job_events
-from {{ cookiecutter.package_name }}.main import create_app
 from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import StoreOpener, serve, wait_until
@@ -84,7 +84,7 @@ async def test_a_job_reports_start_then_stop_with_its_result_and_duration(
 ) -> None:
     events = EventBus()
     received = recorder(events, JobStarted, JobStopped, JobErrored)
-    (job,) = await run_jobs(real_time_store, events, NewJob({"task": "ok"}))
+    (job,) = await run_jobs(real_time_store, events, NewJob(payload={"task": "ok"}))
 
     started, stopped = received
     assert isinstance(started, JobStarted) and isinstance(stopped, JobStopped)
@@ -106,8 +106,8 @@ async def test_a_failed_attempt_reports_the_error_and_when_it_is_retried(
     retried, out_of_attempts = await run_jobs(
         real_time_store,
         events,
-        NewJob({"task": "broken"}, max_attempts=3),
-        NewJob({"task": "broken"}, max_attempts=1),
+        NewJob(payload={"task": "broken"}, max_attempts=3),
+        NewJob(payload={"task": "broken"}, max_attempts=1),
     )
     by_id = {event.job.id: event for event in errors}
     assert by_id[retried.id].error == "ValueError: bad input"
@@ -122,7 +122,8 @@ async def test_jobs_without_a_handler_of_their_own_report_the_default_task(
 ) -> None:
     events = EventBus()
     received = recorder(events, JobStopped)
-    await run_jobs(real_time_store, events, NewJob({"task": "no such task"}), NewJob({}))
+    unknown, without_task = NewJob(payload={"task": "no such task"}), NewJob(payload={})
+    await run_jobs(real_time_store, events, unknown, without_task)
     assert [event.task for event in received] == ["default", "default"]
 
 
@@ -136,7 +137,7 @@ async def test_a_subscriber_that_raises_is_logged_and_breaks_nothing(
 
     events.subscribe(JobStarted, broken_subscriber)
     later = recorder(events, JobStarted)
-    (job,) = await run_jobs(real_time_store, events, NewJob({"task": "ok"}))
+    (job,) = await run_jobs(real_time_store, events, NewJob(payload={"task": "ok"}))
 
     assert [event.job.id for event in later] == [job.id]
     stored = await real_time_store.get_job(job.id)
@@ -153,9 +154,9 @@ async def test_job_events_become_one_log_line_each(
     ok, retried, failed = await run_jobs(
         real_time_store,
         events,
-        NewJob({"task": "ok"}),
-        NewJob({"task": "broken"}, max_attempts=2),
-        NewJob({"task": "broken"}, max_attempts=1),
+        NewJob(payload={"task": "ok"}),
+        NewJob(payload={"task": "broken"}, max_attempts=2),
+        NewJob(payload={"task": "broken"}, max_attempts=1),
     )
 
     messages = [record.getMessage() for record in caplog.records]
@@ -247,9 +248,9 @@ def test_every_app_hands_its_bus_to_the_projects_subscribers(
     settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     handed: list[EventBus] = []
-    monkeypatch.setattr(main, "subscribe", handed.append)
+    monkeypatch.setattr(app_module, "subscribe", handed.append)
 
-    app = main.create_app(settings)
+    app = app_module.create_app(settings)
 
     assert handed == [app.state.events]
 

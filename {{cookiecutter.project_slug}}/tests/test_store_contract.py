@@ -3,16 +3,13 @@
 {% if cookiecutter.job_store == "postgres" -%}
 import asyncio
 {% endif -%}
-{% if cookiecutter.job_store != "memory" -%}
-import dataclasses
-{% endif -%}
 from datetime import datetime, timedelta
 
 {% if cookiecutter.job_store == "postgres" -%}
 import asyncpg
 
 {% endif -%}
-from {{ cookiecutter.package_name }}.jobs.model import Job, {% if cookiecutter.job_store != "memory" %}JobRow, {% endif %}JobStatus
+from {{ cookiecutter.package_name }}.jobs.model import Job, JobStatus
 from {{ cookiecutter.package_name }}.jobs.store import JobStore, NewJob
 {%- if cookiecutter.job_store == "sqlite" %}
 from {{ cookiecutter.package_name }}.jobs.store.sqlite import LOST_WORKER_STOPPED
@@ -45,19 +42,6 @@ async def stored(store: JobStore, job: Job) -> Job:
     return found
 
 
-{% if cookiecutter.job_store != "memory" -%}
-def test_the_table_keeps_every_field_of_a_job_in_the_same_order() -> None:
-    # Job and JobRow declare the fields each: a field added to one only fails here.
-    fields = [field.name for field in dataclasses.fields(Job)]
-    columns = [column.name for column in JobRow.metadata.tables["jobs"].columns]
-{%- if cookiecutter.job_store == "postgres" %}
-    assert columns == [*fields, "locked_by", "lease_expires_at"]
-{%- else %}
-    assert columns == fields
-{%- endif %}
-
-
-{% endif -%}
 async def test_insert_returns_a_queued_job_with_a_growing_id_and_utc_timestamps(
     store: JobStore, clock: ManualClock
 ) -> None:

@@ -1,10 +1,8 @@
-"""Prometheus metrics of jobs and HTTP requests, all fed by the event bus.
+"""Prometheus metrics: HTTP from prometheus-fastapi-instrumentator, jobs fed by the event bus.
 
-The HTTP metrics carry prometheus-fastapi-instrumentator's names and labels
-(`http_requests_total`, `http_request_duration_seconds`), so dashboards made for it work,
-but are recorded here from RequestStopped: measured on POST /jobs, its middleware cost
-20-35 us a request and its metric functions fed by our events 10-12 us. The counters and
-histograms updated per job or request are loop_metrics' plain numbers in a single process.
+`instrument_app` sets the instrumentator up the way its README shows and serves `/metrics`.
+The job metrics are prometheus_client's own Counter, Histogram and Gauge, updated from the
+job events, in the same registry.
 
 Several processes: each process counts what it does. Processes that each answer their own
 scrapes (an API process and worker processes) are separate Prometheus targets, summed in
@@ -16,38 +14,39 @@ import logging
 import os
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from fastapi import Depends, FastAPI
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import mark_process_dead
+from prometheus_fastapi_instrumentator import Instrumentator
 
-from .events import EventBus, JobEnqueued, JobErrored, JobStarted, JobStopped, RequestStopped
+from .api.deps import StoreDep
+from .events import EventBus, JobEnqueued, JobErrored, JobStarted, JobStopped
 from .jobs.engine import Engine
 from .jobs.model import JobStatus
-from .jobs.store import JobStore, StoreUnavailable
-from .loop_metrics import CounterSeries, HistogramSeries, LoopCounter, LoopHistogram
+from .jobs.store import StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
 # Seconds; from a no-op job (well under a millisecond) to a half-hour report.
 RUN_SECONDS_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.5, 1, 2.5, 10, 30, 60, 300, 1800)
 WAIT_SECONDS_BUCKETS = (0.001, 0.005, 0.025, 0.1, 0.5, 1, 5, 30, 60, 300, 1800, 3600)
+# The instrumentator's default (0.1, 0.5, 1) cannot tell a 2 ms POST /jobs from a 90 ms one.
 REQUEST_SECONDS_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
-# Any other method a client sends is counted as "other": labels must stay few.
-HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-# One label set of a counter or histogram: prometheus_client's, or loop_metrics'.
-CounterChild = Counter | CounterSeries
-HistogramChild = Histogram | HistogramSeries
+# Scraping and probing are not traffic worth counting.
+NOT_COUNTED = ["^/metrics$", "^/health$", "^/$"]
 
 
 @dataclass(frozen=True, slots=True)
 class TaskSeries:
     """One task's label children, looked up once: `labels()` costs more than the update."""
 
-    enqueued: CounterChild
-    done: CounterChild
-    retried: CounterChild
-    failed: CounterChild
-    run_seconds: HistogramChild
-    queue_wait: HistogramChild
+    enqueued: Counter
+    done: Counter
+    retried: Counter
+    failed: Counter
+    run_seconds: Histogram
+    queue_wait: Histogram
 
 
 class ServiceMetrics:
@@ -57,31 +56,27 @@ class ServiceMetrics:
         # prometheus_client chose where values live when it was imported, from this variable.
         self._multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
         self.registry = CollectorRegistry()
-        counter: type[Counter] | type[LoopCounter] = LoopCounter
-        histogram: type[Histogram] | type[LoopHistogram] = LoopHistogram
-        if self._multiprocess:
-            counter, histogram = Counter, Histogram
         # Task labels are registered task names or "default", never a client's free text.
-        self.enqueued = counter(
+        self.enqueued = Counter(
             "jobs_enqueued_total",
             "Jobs stored through the API, by the task that will run them.",
             ["task"],
             registry=self.registry,
         )
-        self.finished = counter(
+        self.finished = Counter(
             "jobs_finished_total",
             "Job attempts that ended, by task and outcome: done, retried or failed.",
             ["task", "outcome"],
             registry=self.registry,
         )
-        self.run_seconds = histogram(
+        self.run_seconds = Histogram(
             "job_run_duration_seconds",
             "How long job handlers ran, by task.",
             ["task"],
             buckets=RUN_SECONDS_BUCKETS,
             registry=self.registry,
         )
-        self.queue_wait = histogram(
+        self.queue_wait = Histogram(
             "job_queue_wait_seconds",
             "Time from a job's run_at to the start of its attempt, by task.",
             ["task"],
@@ -109,27 +104,28 @@ class ServiceMetrics:
             multiprocess_mode="livesum",
             registry=self.registry,
         )
-        self.http_requests = counter(
-            "http_requests_total",
-            "Total number of requests by method, status and handler.",
-            ["method", "status", "handler"],
-            registry=self.registry,
-        )
-        self.http_seconds = histogram(
-            "http_request_duration_seconds",
-            "Duration of HTTP requests in seconds",
-            ["method", "handler"],
-            buckets=REQUEST_SECONDS_BUCKETS,
-            registry=self.registry,
-        )
-        # Both bounded: by the registered tasks, and by routes x methods x status classes.
+        # Bounded by the registered tasks.
         self._tasks: dict[str, TaskSeries] = {}
-        self._requests: dict[tuple[str, str | None, int], tuple[CounterChild, HistogramChild]] = {}
+
+    def instrument_app(self, app: FastAPI) -> None:
+        """Count the app's requests and serve every metric at `/metrics`."""
+        Instrumentator(
+            should_group_status_codes=True,
+            should_ignore_untemplated=True,
+            excluded_handlers=NOT_COUNTED,
+            registry=self.registry,
+        ).instrument(app, latency_lowr_buckets=REQUEST_SECONDS_BUCKETS).expose(
+            app,
+            tags=["system"],
+            response_class=PlainTextResponse,
+            dependencies=[Depends(self.read_job_counts)],
+            summary="Metrics",
+            description="Every metric of this process, in Prometheus's text format.",
+        )
 
     def subscribe(self, events: EventBus, engine: Engine | None) -> None:
         """Start counting what `events` reports; `engine` is this process's, if it runs one."""
         events.subscribe(JobEnqueued, self._on_enqueued)
-        events.subscribe(RequestStopped, self._on_request)
         if engine is None:
             return
         self.workers.set(engine.pool_size)
@@ -147,8 +143,8 @@ class ServiceMetrics:
         else:
             self.busy_workers.set_function(lambda: engine.busy_workers)
 
-    async def exposition(self, store: JobStore) -> bytes:
-        """Every metric in Prometheus's text format, with the store's counts read now."""
+    async def read_job_counts(self, store: StoreDep) -> None:
+        """Set `job_store_jobs` from the store, just before a scrape is answered."""
         try:
             counts = await store.count_jobs()
         except StoreUnavailable as exc:
@@ -158,11 +154,6 @@ class ServiceMetrics:
         else:
             for status in JobStatus:
                 self.jobs.labels(status.value).set(counts.get(status, 0))
-        if self._multiprocess:
-            every_process = CollectorRegistry()
-            MultiProcessCollector(every_process)
-            return generate_latest(every_process)
-        return generate_latest(self.registry)
 
     def close(self) -> None:
         """At shutdown: with several processes, this one's busy and pool gauges stop counting."""
@@ -197,17 +188,3 @@ class ServiceMetrics:
                 queue_wait=self.queue_wait.labels(task),
             )
         return series
-
-    def _on_request(self, event: RequestStopped) -> None:
-        method = event.scope["method"]
-        key = (method if method in HTTP_METHODS else "other", event.route, event.status // 100)
-        children = self._requests.get(key)
-        if children is None:
-            handler = event.route or "none"
-            children = self._requests[key] = (
-                self.http_requests.labels(key[0], f"{key[2]}xx", handler),
-                self.http_seconds.labels(key[0], handler),
-            )
-        requests, seconds = children
-        requests.inc()
-        seconds.observe(event.duration)

@@ -1,35 +1,37 @@
-"""What routes need from the running app, resolved from `app.state` set up in main.py."""
+"""What routes need from the running app, as `Annotated` dependencies (set up in app.py)."""
 
-from fastapi import Request
+from typing import Annotated
+
+from fastapi import Depends, Request
 
 from ..events import EventBus
 from ..jobs.engine import Engine
 from ..jobs.registry import TaskRegistry
 from ..jobs.store import JobStore
-from ..settings import Settings
 
 
-def store_of(request: Request) -> JobStore:
+def get_store(request: Request) -> JobStore:
     store: JobStore = request.app.state.store
     return store
 
 
-def engine_of(request: Request) -> Engine | None:
+def get_engine(request: Request) -> Engine | None:
     """The job engine, or None in a process started with START_WORKERS=false."""
     engine: Engine | None = request.app.state.engine
     return engine
 
 
-def settings_of(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
-
-
-def events_of(request: Request) -> EventBus:
+def get_events(request: Request) -> EventBus:
     events: EventBus = request.app.state.events
     return events
 
 
-def registry_of(request: Request) -> TaskRegistry:
+def get_registry(request: Request) -> TaskRegistry:
     registry: TaskRegistry = request.app.state.registry
     return registry
+
+
+StoreDep = Annotated[JobStore, Depends(get_store)]
+EngineDep = Annotated[Engine | None, Depends(get_engine)]
+EventsDep = Annotated[EventBus, Depends(get_events)]
+RegistryDep = Annotated[TaskRegistry, Depends(get_registry)]

@@ -1,72 +1,90 @@
 """Submitting, scheduling, listing and inspecting jobs."""
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query
 
 from ..events import JobEnqueued
-from ..jobs.clock import isoformat_z
-from ..jobs.model import Job, job_to_json
-from ..jobs.store import NewJob
-from .deps import events_of, registry_of, settings_of, store_of
-from .errors import FastJSONResponse, PayloadTooLarge, error_response
-from .validation import (
-    parse_job_id,
-    parse_new_job,
-    parse_page,
-    parse_scheduled_job,
-    parse_status,
+from ..jobs.model import Job, JobStatus, NewJob, ScheduledJob
+from .deps import EventsDep, RegistryDep, StoreDep
+from .json_body import OrjsonRoute
+from .schemas import JobAccepted, JobScheduled, error_responses
+
+MAX_PER_PAGE = 200
+# Offsets beyond what a database integer holds cannot match any job.
+MAX_OFFSET = 2**62
+# Ids are positive 64-bit integers; any other integer names no job.
+ID_RANGE = range(1, 2**63)
+
+router = APIRouter(
+    prefix="/jobs",
+    tags=["jobs"],
+    route_class=OrjsonRoute,
+    # Accept a JSON body sent without a Content-Type, as plain HTTP clients often do; one
+    # sent as a form or as text is still refused.
+    strict_content_type=False,
+    responses=error_responses(400, 503),
 )
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+
+class Intake:
+    """Stores submitted jobs and tells the subscribers of JobEnqueued."""
+
+    def __init__(self, store: StoreDep, events: EventsDep, registry: RegistryDep) -> None:
+        self._store = store
+        self._events = events
+        self._registry = registry
+
+    async def enqueue(self, new_job: NewJob) -> Job:
+        job = await self._store.insert_job(new_job)
+        self._events.emit(JobEnqueued(job, self._registry.resolve(job).name))
+        return job
 
 
-async def read_body(request: Request) -> bytes:
-    """The request body, refused with 413 as soon as it grows past MAX_BODY_BYTES."""
-    limit = settings_of(request).max_body_bytes
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"Request body is larger than {limit} bytes")
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"Request body is larger than {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+IntakeDep = Annotated[Intake, Depends()]
 
 
-async def enqueue(request: Request, new_job: NewJob) -> Job:
-    """Store the job and tell the subscribers of JobEnqueued."""
-    job = await store_of(request).insert_job(new_job)
-    events_of(request).emit(JobEnqueued(job, registry_of(request).resolve(job).name))
-    return job
+@router.post("", status_code=202, responses=error_responses(413))
+async def submit_job(new_job: NewJob, intake: IntakeDep) -> JobAccepted:
+    """Submit a job; it runs as soon as a worker is free."""
+    job = await intake.enqueue(new_job)
+    return JobAccepted(job_id=job.id)
 
 
-@router.post("", status_code=202)
-async def submit_job(request: Request) -> FastJSONResponse:
-    job = await enqueue(request, parse_new_job(await read_body(request)))
-    return FastJSONResponse({"message": "Job accepted", "job_id": job.id}, status_code=202)
-
-
-@router.post("/schedule", status_code=202)
-async def schedule_job(request: Request) -> FastJSONResponse:
-    job = await enqueue(request, parse_scheduled_job(await read_body(request)))
-    body = {"message": "Job scheduled", "job_id": job.id, "run_at": isoformat_z(job.run_at)}
-    return FastJSONResponse(body, status_code=202)
+@router.post("/schedule", status_code=202, responses=error_responses(413))
+async def schedule_job(new_job: ScheduledJob, intake: IntakeDep) -> JobScheduled:
+    """Submit a job that becomes due at `run_at` (UTC unless it gives an offset)."""
+    job = await intake.enqueue(new_job)
+    return JobScheduled(job_id=job.id, run_at=job.run_at)
 
 
 @router.get("")
-async def list_jobs(request: Request) -> FastJSONResponse:
-    status = parse_status(request.query_params.get("status"))
-    limit, offset = parse_page(request.query_params)
-    jobs = await store_of(request).list_jobs(status, limit, offset)
-    return FastJSONResponse([job_to_json(job) for job in jobs])
+async def list_jobs(
+    store: StoreDep,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
+    page: Annotated[int, Query(ge=1, description="Page number, from 1.")] = 1,
+    per_page: Annotated[
+        int, Query(ge=1, description=f"Jobs per page; above {MAX_PER_PAGE} means {MAX_PER_PAGE}.")
+    ] = 50,
+) -> list[Job]:
+    """Jobs newest first (by insertion time, then id)."""
+    limit = min(per_page, MAX_PER_PAGE)
+    return await store.list_jobs(status, limit, min((page - 1) * limit, MAX_OFFSET))
 
 
-@router.get("/{job_id}")
-async def get_job(job_id: str, request: Request) -> FastJSONResponse:
-    wanted = parse_job_id(job_id)
-    job = None if wanted is None else await store_of(request).get_job(wanted)
+# Declared before `/{job_id}`: otherwise `GET /jobs/schedule` would be the job "schedule"
+# (a 400), where OpenAPI, which matches literal paths first, promises a 405.
+@router.get("/schedule", include_in_schema=False)
+async def schedule_takes_only_post() -> None:
+    raise HTTPException(405)
+
+
+@router.get("/{job_id}", responses=error_responses(404))
+async def get_job(
+    job_id: Annotated[int, Path(description="The job's id.")], store: StoreDep
+) -> Job:
+    """One job, with its result and every attempt's error."""
+    job = await store.get_job(job_id) if job_id in ID_RANGE else None
     if job is None:
-        return error_response(404, "Job not found")
-    return FastJSONResponse(job_to_json(job))
+        raise HTTPException(404, "Job not found")
+    return job

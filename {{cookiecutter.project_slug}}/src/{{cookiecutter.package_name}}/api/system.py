@@ -1,39 +1,45 @@
 """Liveness and overview: `/`, `/health`, `/stats`."""
 
-from fastapi import APIRouter, Request
-from fastapi.responses import PlainTextResponse
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from ..jobs.model import JobStatus
 from ..jobs.store import StoreUnavailable
-from .deps import engine_of, store_of
-from .errors import FastJSONResponse
+from .deps import EngineDep, StoreDep
+from .schemas import Health, Stats, error_responses
 
 router = APIRouter(tags=["system"])
 
 
 @router.get("/", response_class=PlainTextResponse)
 async def root() -> str:
+    """Answers while the server runs."""
     return "Server is running"
 
 
-@router.get("/health")
-async def health(request: Request) -> FastJSONResponse:
+@router.get(
+    "/health",
+    response_model=Health,
+    response_model_exclude_none=True,
+    responses={503: {"model": Health, "description": "Something this process needs is down."}},
+)
+async def health(store: StoreDep, engine: EngineDep) -> Health | JSONResponse:
     """OK when the store answers and, if this process runs workers, the engine is running."""
     problems = {}
-    engine = engine_of(request)
     if engine is not None and not engine.is_running:
         problems["engine"] = "not running"
     try:
-        await store_of(request).ping()
+        await store.ping()
     except StoreUnavailable as exc:
         problems["store"] = f"unreachable: {exc}"
     if problems:
-        return FastJSONResponse({"status": "DEGRADED", **problems}, status_code=503)
-    return FastJSONResponse({"status": "OK"})
+        return JSONResponse({"status": "DEGRADED", **problems}, status_code=503)
+    return Health(status="OK")
 
 
-@router.get("/stats")
-async def stats(request: Request) -> FastJSONResponse:
-    counts = await store_of(request).count_jobs()
+@router.get("/stats", responses=error_responses(503))
+async def stats(store: StoreDep) -> Stats:
+    """How many jobs there are in each status."""
+    counts = await store.count_jobs()
     by_status = {status.value: counts.get(status, 0) for status in JobStatus}
-    return FastJSONResponse({**by_status, "total": sum(by_status.values())})
+    return Stats(**by_status, total=sum(by_status.values()))

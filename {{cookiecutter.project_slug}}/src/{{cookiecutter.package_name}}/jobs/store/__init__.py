@@ -2,7 +2,8 @@
 
 from ...settings import Settings
 from ..clock import Clock
-from .base import JobStore, NewJob, StoreUnavailable
+from ..model import NewJob
+from .base import JobStore, StoreUnavailable
 {%- if cookiecutter.job_store == "sqlite" %}
 from .sqlite import SqliteJobStore
 {%- elif cookiecutter.job_store == "postgres" %}

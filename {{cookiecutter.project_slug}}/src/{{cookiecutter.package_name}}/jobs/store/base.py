@@ -5,35 +5,14 @@ suite (tests/test_store_contract.py) holds every store to the same behaviour.
 """
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from ..model import Job, JobStatus
+from ..model import Job, JobStatus, NewJob
 
 
 class StoreUnavailable(Exception):
     """The store cannot be reached or cannot do its work right now."""
-
-
-@dataclass(frozen=True, slots=True)
-class NewJob:
-    """What a client asks for; the store assigns the id and timestamps."""
-
-    payload: dict[str, Any]
-    max_attempts: int = 3
-    # None means "now"; a moment in the past also means "now".
-    run_at: datetime | None = None
-
-    def inserted(self, job_id: int, now: datetime) -> Job:
-        """The job as a store has just inserted it, with id `job_id`, at `now`."""
-        return Job(
-            id=job_id,
-            payload=self.payload,
-            max_attempts=self.max_attempts,
-            run_at=self.run_at or now,
-            inserted_at=now,
-        )
 
 
 class JobStore(Protocol):

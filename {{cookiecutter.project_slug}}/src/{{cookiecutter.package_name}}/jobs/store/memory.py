@@ -2,13 +2,11 @@
 
 import heapq
 from collections.abc import Callable, Sequence
-from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from ..clock import Clock
-from ..model import Job, JobStatus
-from .base import NewJob
+from ..model import Job, JobStatus, NewJob
 
 
 class MemoryJobStore:
@@ -53,7 +51,7 @@ class MemoryJobStore:
             inserted.append(job)
         for notify in self._listeners:
             notify()
-        return [replace(job) for job in inserted]
+        return [job.model_copy() for job in inserted]
 
     async def fetch_jobs(self, limit: int) -> list[Job]:
         now = self._clock.now()
@@ -66,7 +64,7 @@ class MemoryJobStore:
             self._move(job, JobStatus.RUNNING)
             job.attempt += 1
             job.started_at = now
-            claimed.append(replace(job))
+            claimed.append(job.model_copy())
         return claimed
 
     async def complete_job(self, job: Job, result: Any) -> None:
@@ -110,14 +108,14 @@ class MemoryJobStore:
 
     async def get_job(self, job_id: int) -> Job | None:
         job = self._jobs.get(job_id)
-        return job and replace(job)
+        return job and job.model_copy()
 
     async def list_jobs(self, status: JobStatus | None, limit: int, offset: int) -> list[Job]:
         # Ids grow with insertion time here, so newest first is highest id first.
         if status is None:
             newest = len(self._jobs) - offset
             return [
-                replace(self._jobs[job_id])
+                self._jobs[job_id].model_copy()
                 for job_id in range(newest, newest - limit, -1)
                 if job_id > 0
             ]
@@ -130,7 +128,7 @@ class MemoryJobStore:
             if skipped < offset:
                 skipped += 1
                 continue
-            page.append(replace(job))
+            page.append(job.model_copy())
             if len(page) == limit:
                 break
         return page

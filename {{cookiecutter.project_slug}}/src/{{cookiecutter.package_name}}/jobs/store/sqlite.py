@@ -13,20 +13,21 @@ README's "Performance" section has the numbers).
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any, TypeVar, cast
 
 import orjson
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import JSON, DateTime, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
 from sqlmodel import SQLModel
 
 from ..clock import Clock
 from ..codec import dumps
-from ..model import STATUS_BY_TEXT, Job, JobRow, JobStatus
-from .base import NewJob, StoreUnavailable
+from ..model import JOB_COLUMNS, Job, JobRow, JobStatus, NewJob
+from .base import StoreUnavailable
 from .group_commit import Group, GroupCommitter
 
 T = TypeVar("T")
@@ -34,13 +35,12 @@ LOST_WORKER_STOPPED = "lost: worker stopped"
 logger = logging.getLogger(__name__)
 # Seconds between checkpoints of the write-ahead log (when anything was written).
 CHECKPOINT_INTERVAL = 1.0
+# Seconds a write waits for another process to release the file's write lock.
+LOCK_TIMEOUT = 10.0
 Row = tuple[Any, ...]
 WriteBatch = Callable[[sqlite3.Connection, list[Any]], list[Any]]
 
-COLUMNS = (
-    "id, payload, status, attempt, max_attempts, run_at, inserted_at, started_at, finished_at,"
-    " result, errors"
-)
+COLUMNS = ", ".join(JOB_COLUMNS)
 # Claims name the partial index of queued jobs: left to itself, the planner may prefer the
 # status index and sort every queued job to find the oldest few.
 QUEUED_BY_RUN_AT = "jobs INDEXED BY ix_jobs_due WHERE status = 'queued'"
@@ -208,17 +208,19 @@ class SqliteJobStore:
 
         On the event loop's own thread: a group takes a fraction of a millisecond, and a
         writer thread was slower, trading the GIL with the loop around every SQLite call.
-        What can take long, the fsync of a checkpoint, happens elsewhere.
+        What can take long, waiting for another process's write lock and the fsync of a
+        checkpoint, happens off this thread or without holding it.
         """
         with _store_errors():
             if self._write_connection is None:
                 self._write_connection = self._engine.raw_connection()
+                driver = self._write_connection.driver_connection
                 # Checkpoints would stall the event loop on fsync: they run elsewhere.
-                self._write_connection.driver_connection.execute("PRAGMA wal_autocheckpoint = 0")
+                driver.execute("PRAGMA wal_autocheckpoint = 0")
+                # SQLite's busy handler would sleep on this thread: _begin waits instead.
+                driver.execute("PRAGMA busy_timeout = 0")
             conn = cast(sqlite3.Connection, self._write_connection.driver_connection)
-            # IMMEDIATE takes the write lock up front: a second process using the same file
-            # waits its turn (busy_timeout) instead of failing half-way through.
-            conn.execute("BEGIN IMMEDIATE")
+            await _begin(conn)
             try:
                 results = {
                     batch: cast(WriteBatch, batch)(conn, items) for batch, items in group.items()
@@ -262,7 +264,26 @@ class SqliteJobStore:
                     conn.exec_driver_sql(statement, (statuses,) if "?" in statement else ())
 
 
-# The functions below run on the writer thread, inside the transaction of a group commit.
+async def _begin(conn: sqlite3.Connection) -> None:
+    """Take the write lock (BEGIN IMMEDIATE), waiting without blocking the event loop.
+
+    Another process using the same file may hold the lock; IMMEDIATE takes it up front, so
+    a transaction never fails half-way for want of it.
+    """
+    deadline = time.monotonic() + LOCK_TIMEOUT
+    delay = 0.001
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+# The functions below run on the event loop's thread, inside the transaction of a group commit.
 # Each takes the items of every caller in the group and returns one result per item.
 
 
@@ -324,19 +345,27 @@ def _maybe_from_db(text: str | None) -> datetime | None:
     return None if text is None else _from_db(text)
 
 
+def _from_json(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+def _decoder(name: str) -> Callable[[Any], Any]:
+    """How a column's text becomes the Job field's value; pydantic does the rest."""
+    column_type = JobRow.metadata.tables["jobs"].columns[name].type
+    if isinstance(column_type, JSON):
+        return _from_json
+    if isinstance(column_type, DateTime):
+        return _maybe_from_db
+    return lambda value: value
+
+
+ROW_DECODERS = tuple((name, _decoder(name)) for name in JOB_COLUMNS)
+
+
 def _job_from_row(row: Row) -> Job:
-    return Job(
-        id=row[0],
-        payload=orjson.loads(row[1]),
-        status=STATUS_BY_TEXT[row[2]],
-        attempt=row[3],
-        max_attempts=row[4],
-        run_at=_from_db(row[5]),
-        inserted_at=_from_db(row[6]),
-        started_at=_maybe_from_db(row[7]),
-        finished_at=_maybe_from_db(row[8]),
-        result=orjson.loads(row[9]) if row[9] is not None else None,
-        errors=orjson.loads(row[10]),
+    """A row selected as COLUMNS."""
+    return Job.model_validate(
+        {name: decode(value) for (name, decode), value in zip(ROW_DECODERS, row, strict=True)}
     )
 
 
@@ -351,7 +380,7 @@ def _create_engine(database_url: str) -> Engine:
         # every committed job through a crash of this process (not of the machine's power).
         connection.execute("PRAGMA journal_mode = WAL")
         connection.execute("PRAGMA synchronous = NORMAL")
-        connection.execute("PRAGMA busy_timeout = 10000")
+        connection.execute(f"PRAGMA busy_timeout = {int(LOCK_TIMEOUT * 1000)}")
 
     @event.listens_for(engine, "begin")
     def begin_immediate(conn: Any) -> None:

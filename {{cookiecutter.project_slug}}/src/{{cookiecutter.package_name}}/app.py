@@ -1,0 +1,114 @@
+"""Builds the application: routes, error handling, and the lifespan that runs the engine."""
+
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from .about import DESCRIPTION, TITLE
+from .api import jobs, system
+from .api.body_limit import BodySizeLimitMiddleware
+from .api.errors import document_validation_errors_as_400, install_error_handlers
+from .api.request_events import RequestEventsMiddleware
+from .events import EventBus
+from .jobs.clock import Clock, SystemClock
+from .jobs.engine import Engine
+from .jobs.registry import TaskRegistry
+from .jobs.store import make_store
+from .jobs.tasks import registry as default_registry
+from .logs import configure_logging, log_job_events
+{%- if cookiecutter.use_metrics == "yes" %}
+from .metrics import ServiceMetrics
+{%- endif %}
+from .settings import Settings, SettingsError, load_settings
+from .subscribers import subscribe
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    registry: TaskRegistry | None = None,
+) -> FastAPI:
+    """The service for `settings`; the store opens and the engine starts with the lifespan."""
+    clock = clock or SystemClock()
+    registry = registry or default_registry
+    store = make_store(settings, clock)
+    events = EventBus()
+    log_job_events(events)
+    engine = None
+    if settings.start_workers:
+        engine = Engine(
+            store,
+            registry,
+            clock,
+            pool_size=settings.worker_pool_size,
+            backoff_base=settings.retry_backoff_base,
+            backoff_max=settings.retry_backoff_max,
+            poll_interval=settings.poll_interval,
+            events=events,
+        )
+{%- if cookiecutter.use_metrics == "yes" %}
+    service_metrics = ServiceMetrics()
+    service_metrics.subscribe(events, engine)
+{%- endif %}
+    subscribe(events)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await store.open()
+        try:
+            if engine is not None:
+                await engine.start()
+            yield
+            if engine is not None:
+                await engine.stop(settings.shutdown_grace)
+        finally:
+            await store.close()
+{%- if cookiecutter.use_metrics == "yes" %}
+            service_metrics.close()
+{%- endif %}
+
+    app = FastAPI(
+        title=TITLE,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        # FastAPI's OpenTelemetry support asks on every request whether providers are set up,
+        # for spans and metrics nothing collects here: turn it on with an OpenTelemetry SDK.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.engine = engine
+    app.state.registry = registry
+    app.state.events = events
+{%- if cookiecutter.use_metrics == "yes" %}
+    app.state.metrics = service_metrics
+{%- endif %}
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestEventsMiddleware, events=events)
+    install_error_handlers(app)
+    document_validation_errors_as_400(app)
+{%- if cookiecutter.use_metrics == "yes" %}
+    # A worker-only process serves /health and /metrics alone: for probes and Prometheus.
+{%- else %}
+    # A worker-only process serves /health alone: for probes.
+{%- endif %}
+    if settings.start_http:
+        app.include_router(jobs.router)
+    app.include_router(system.router)
+{%- if cookiecutter.use_metrics == "yes" %}
+    service_metrics.instrument_app(app)
+{%- endif %}
+    return app
+
+
+def settings_for_process() -> Settings:
+    """Settings from the environment with logging set up; a bad one exits with one line."""
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        sys.exit(f"error: {exc}")
+    configure_logging(settings.log_level, settings.log_format)
+    return settings
