@@ -34,10 +34,7 @@ def main() -> None:
         logger.info("Starting server on port %d", settings.port)
     else:
         logger.info("Workers only (START_HTTP=false): /health on port %d", settings.port)
-    # What is alive now (FastAPI, pydantic, SQLAlchemy and the app) lives as long as the
-    # process: out of the collector's sight, full collections no longer walk all of it.
-    gc.freeze()
-    gc.set_threshold(YOUNG_OBJECTS_BEFORE_COLLECTION)
+    tune_garbage_collector()
     # uvicorn re-raises SIGTERM once it has shut down gracefully; a drained shutdown is
     # a success, so exit 0 then.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
@@ -50,6 +47,14 @@ def main() -> None:
         # One line per request would drown the job events; a proxy can log requests.
         access_log=False,
     )
+
+
+def tune_garbage_collector() -> None:
+    """Call once the app is built, before serving."""
+    # What is alive now (FastAPI, pydantic, SQLAlchemy and the app) lives as long as the
+    # process: out of the collector's sight, full collections no longer walk all of it.
+    gc.freeze()
+    gc.set_threshold(YOUNG_OBJECTS_BEFORE_COLLECTION)
 
 
 async def check_store(settings: Settings) -> None:

@@ -39,6 +39,7 @@ from fastapi import APIRouter, FastAPI
 from starlette.types import Message, Scope
 
 from . import event_loop
+from .__main__ import tune_garbage_collector
 from .api import jobs
 from .api.json_body import OrjsonRoute
 from .api.schemas import JobAccepted
@@ -154,6 +155,7 @@ def serve_with_bare_endpoint(port: int) -> None:
         i for i, r in enumerate(routes) if getattr(r, "original_router", 0) is jobs.router
     )
     routes.insert(jobs_api + 1, routes.pop())
+    tune_garbage_collector()
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 

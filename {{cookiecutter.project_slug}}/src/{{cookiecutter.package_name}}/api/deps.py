@@ -1,4 +1,8 @@
-"""What routes need from the running app, as `Annotated` dependencies (set up in app.py)."""
+"""What routes need from the running app, as `Annotated` dependencies (set up in app.py).
+
+They are `async def` although they never wait: FastAPI runs a plain function dependency in
+its thread pool, a thread hop per dependency per request.
+"""
 
 from typing import Annotated
 
@@ -10,23 +14,23 @@ from ..jobs.registry import TaskRegistry
 from ..jobs.store import JobStore
 
 
-def get_store(request: Request) -> JobStore:
+async def get_store(request: Request) -> JobStore:
     store: JobStore = request.app.state.store
     return store
 
 
-def get_engine(request: Request) -> Engine | None:
+async def get_engine(request: Request) -> Engine | None:
     """The job engine, or None in a process started with START_WORKERS=false."""
     engine: Engine | None = request.app.state.engine
     return engine
 
 
-def get_events(request: Request) -> EventBus:
+async def get_events(request: Request) -> EventBus:
     events: EventBus = request.app.state.events
     return events
 
 
-def get_registry(request: Request) -> TaskRegistry:
+async def get_registry(request: Request) -> TaskRegistry:
     registry: TaskRegistry = request.app.state.registry
     return registry
 

@@ -41,7 +41,11 @@ class Intake:
         return job
 
 
-IntakeDep = Annotated[Intake, Depends()]
+async def get_intake(store: StoreDep, events: EventsDep, registry: RegistryDep) -> Intake:
+    return Intake(store, events, registry)
+
+
+IntakeDep = Annotated[Intake, Depends(get_intake)]
 
 
 @router.post("", status_code=202, responses=error_responses(413))

@@ -110,11 +110,21 @@ class SqliteJobStore:
         self._listeners: list[Callable[[], None]] = []
         self._engine = _create_engine(database_url)
         self._writer = GroupCommitter(self._commit)
-        self._write_connection: Any = None
+        # The one connection that writes (pooled, and its sqlite3 connection), opened by open().
+        self._pooled_write_connection: Any = None
+        self._write_connection: sqlite3.Connection
         self._checkpointer: asyncio.Task[None]
 
     async def open(self) -> None:
         await asyncio.to_thread(self._create_schema)
+        with _store_errors():
+            self._pooled_write_connection = self._engine.raw_connection()
+            conn = cast(sqlite3.Connection, self._pooled_write_connection.driver_connection)
+            # Checkpoints would stall the event loop on fsync: they run elsewhere.
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
+            # SQLite's busy handler would sleep on the event loop's thread: _begin waits instead.
+            conn.execute("PRAGMA busy_timeout = 0")
+        self._write_connection = conn
         self._checkpointer = asyncio.create_task(self._checkpoint_periodically())
 
     async def close(self) -> None:
@@ -122,8 +132,8 @@ class SqliteJobStore:
         with suppress(asyncio.CancelledError):
             await self._checkpointer
         await self._writer.drain()
-        if self._write_connection is not None:
-            self._write_connection.close()
+        if self._pooled_write_connection is not None:
+            self._pooled_write_connection.close()
         await self._checkpoint()
         self._engine.dispose()
 
@@ -183,7 +193,19 @@ class SqliteJobStore:
         return rescued
 
     async def next_run_at(self) -> datetime | None:
-        row = await self._read(lambda conn: conn.execute(NEXT_RUN_AT).fetchone())
+        # The engine asks after every claim that left a worker idle. A lookup in the index of
+        # queued jobs takes microseconds on the writer's connection, where a thread hop cost a
+        # lone request a quarter of a millisecond; no write transaction is open between
+        # group commits, and WAL lets this read run while another process writes.
+        try:
+            row = self._write_connection.execute(NEXT_RUN_AT).fetchone()
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                raise StoreUnavailable(str(exc)) from exc
+            # Rare (another connection recovering the file): wait in a thread instead.
+            row = await self._read(lambda conn: conn.execute(NEXT_RUN_AT).fetchone())
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(str(exc)) from exc
         return _maybe_from_db(row[0]) if row else None
 
     async def get_job(self, job_id: int) -> Job | None:
@@ -211,15 +233,8 @@ class SqliteJobStore:
         What can take long, waiting for another process's write lock and the fsync of a
         checkpoint, happens off this thread or without holding it.
         """
+        conn = self._write_connection
         with _store_errors():
-            if self._write_connection is None:
-                self._write_connection = self._engine.raw_connection()
-                driver = self._write_connection.driver_connection
-                # Checkpoints would stall the event loop on fsync: they run elsewhere.
-                driver.execute("PRAGMA wal_autocheckpoint = 0")
-                # SQLite's busy handler would sleep on this thread: _begin waits instead.
-                driver.execute("PRAGMA busy_timeout = 0")
-            conn = cast(sqlite3.Connection, self._write_connection.driver_connection)
             await _begin(conn)
             try:
                 results = {
