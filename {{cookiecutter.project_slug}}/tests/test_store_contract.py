@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 import asyncpg
 
 {% endif -%}
-from {{ cookiecutter.package_name }}.jobs.model import Job, JobStatus
+from {{ cookiecutter.package_name }}.jobs.model import Job, {% if cookiecutter.job_store != "memory" %}JobRow, {% endif %}JobStatus
 from {{ cookiecutter.package_name }}.jobs.store import JobStore, NewJob
 {%- if cookiecutter.job_store == "sqlite" %}
 from {{ cookiecutter.package_name }}.jobs.store.sqlite import LOST_WORKER_STOPPED
@@ -42,6 +42,19 @@ async def stored(store: JobStore, job: Job) -> Job:
     return found
 
 
+{% if cookiecutter.job_store != "memory" -%}
+def test_the_table_has_a_column_for_every_field_of_a_job_and_no_other() -> None:
+    # Job and JobRow declare the fields each: a field added to one only fails here.
+    fields = list(Job.model_fields)
+    columns = [column.name for column in JobRow.metadata.tables["jobs"].columns]
+{%- if cookiecutter.job_store == "postgres" %}
+    assert sorted(columns) == sorted([*fields, "locked_by", "lease_expires_at"])
+{%- else %}
+    assert sorted(columns) == sorted(fields)
+{%- endif %}
+
+
+{% endif -%}
 async def test_insert_returns_a_queued_job_with_a_growing_id_and_utc_timestamps(
     store: JobStore, clock: ManualClock
 ) -> None:

@@ -33,7 +33,7 @@ def main() -> None:
     if settings.start_http:
         logger.info("Starting server on port %d", settings.port)
     else:
-        logger.info("Workers only (START_HTTP=false): /health on port %d", settings.port)
+        logger.info("Workers only (START_HTTP=false): probes{% if cookiecutter.use_metrics == "yes" %} and metrics{% endif %} on port %d", settings.port)
     tune_garbage_collector()
     # uvicorn re-raises SIGTERM once it has shut down gracefully; a drained shutdown is
     # a success, so exit 0 then.

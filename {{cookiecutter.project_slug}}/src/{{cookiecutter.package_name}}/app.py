@@ -90,11 +90,8 @@ def create_app(
     app.add_middleware(RequestEventsMiddleware, events=events)
     install_error_handlers(app)
     document_validation_errors_as_400(app)
-{%- if cookiecutter.use_metrics == "yes" %}
-    # A worker-only process serves /health and /metrics alone: for probes and Prometheus.
-{%- else %}
-    # A worker-only process serves /health alone: for probes.
-{%- endif %}
+    # A worker-only process serves no jobs API, but still answers probes (/ and /health){% if cookiecutter.use_metrics == "yes" %}
+    # and Prometheus{% endif %}.
     if settings.start_http:
         app.include_router(jobs.router)
     app.include_router(system.router)

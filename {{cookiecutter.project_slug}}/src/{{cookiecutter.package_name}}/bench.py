@@ -54,9 +54,8 @@ from .settings import Settings, SettingsError, load_settings
 BARE_PATH = "/bench/bare"
 HTTP_PATHS = (BARE_PATH, "/jobs")
 # The bare endpoint and POST /jobs take turns this many times. A shared machine's speed can
-# change within seconds (seen here: the bare endpoint at 10,276 then 6,000 req/s in rounds a
-# few seconds apart), so each /jobs turn is compared with the bare turn just before it, and
-# the median of those shares is reported.
+# nearly halve within seconds, so each /jobs turn is compared with the bare turn just before
+# it, and the median of those shares is reported.
 TURNS = 10
 # Exit codes of a service process that stopped as asked.
 STOPPED = (0, -signal.SIGTERM)

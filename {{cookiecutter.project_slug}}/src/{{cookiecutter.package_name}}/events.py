@@ -15,8 +15,8 @@ Subscribers run inline, on the event loop, in the order they subscribed: keep th
 it never fails the job or the request.
 
 Events are named tuples: immutable, so no subscriber changes what the next one sees, and
-built in a quarter of the time of frozen dataclasses (measured: 0.36 against 1.49 us for
-four fields), which counts at two events a job and one or two a request.
+several times cheaper to build than frozen dataclasses, which counts at two events a job
+and one or two a request.
 """
 
 import logging

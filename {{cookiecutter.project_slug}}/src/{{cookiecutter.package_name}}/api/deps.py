@@ -8,9 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from ..events import EventBus
 from ..jobs.engine import Engine
-from ..jobs.registry import TaskRegistry
 from ..jobs.store import JobStore
 
 
@@ -25,17 +23,5 @@ async def get_engine(request: Request) -> Engine | None:
     return engine
 
 
-async def get_events(request: Request) -> EventBus:
-    events: EventBus = request.app.state.events
-    return events
-
-
-async def get_registry(request: Request) -> TaskRegistry:
-    registry: TaskRegistry = request.app.state.registry
-    return registry
-
-
 StoreDep = Annotated[JobStore, Depends(get_store)]
 EngineDep = Annotated[Engine | None, Depends(get_engine)]
-EventsDep = Annotated[EventBus, Depends(get_events)]
-RegistryDep = Annotated[TaskRegistry, Depends(get_registry)]

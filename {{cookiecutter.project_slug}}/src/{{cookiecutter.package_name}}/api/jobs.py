@@ -2,11 +2,13 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 
-from ..events import JobEnqueued
+from ..events import EventBus, JobEnqueued
 from ..jobs.model import Job, JobStatus, NewJob, ScheduledJob
-from .deps import EventsDep, RegistryDep, StoreDep
+from ..jobs.registry import TaskRegistry
+from ..jobs.store import JobStore
+from .deps import StoreDep
 from .json_body import OrjsonRoute
 from .schemas import JobAccepted, JobScheduled, error_responses
 
@@ -30,7 +32,7 @@ router = APIRouter(
 class Intake:
     """Stores submitted jobs and tells the subscribers of JobEnqueued."""
 
-    def __init__(self, store: StoreDep, events: EventsDep, registry: RegistryDep) -> None:
+    def __init__(self, store: JobStore, events: EventBus, registry: TaskRegistry) -> None:
         self._store = store
         self._events = events
         self._registry = registry
@@ -41,8 +43,11 @@ class Intake:
         return job
 
 
-async def get_intake(store: StoreDep, events: EventsDep, registry: RegistryDep) -> Intake:
-    return Intake(store, events, registry)
+async def get_intake(request: Request) -> Intake:
+    # One dependency rather than one for each of the three: resolving dependencies is a
+    # good part of what FastAPI spends on a request.
+    state = request.app.state
+    return Intake(state.store, state.events, state.registry)
 
 
 IntakeDep = Annotated[Intake, Depends(get_intake)]

@@ -13,8 +13,9 @@
   requeues its jobs once their leases expire (the lost attempt counted), or fails them when
   no attempt is left.
 
-The table comes from the SQLModel model; statements are SQL text on asyncpg connections,
-the faster of the two drivers measured (README, "Performance").
+The table comes from the SQLModel model; statements are SQL text on asyncpg connections:
+the ORM's work per statement would cost more than the statement, and asyncpg was the
+faster of the two drivers tried.
 """
 
 import asyncio
@@ -53,9 +54,9 @@ LOST_CONNECTION = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceEr
 
 COLUMNS = ", ".join(JOB_COLUMNS)
 # The rows arrive as one JSON array: one orjson call encodes it, where arrays of parameters
-# cost the client nearly twice the CPU (measured: 300 against 540 us for 32 rows; asyncpg
-# encodes each timestamp in Python). Payloads travel as JSON text inside it, because
-# PostgreSQL refuses "\u0000" in any JSON it takes apart. The ids come back as one array.
+# cost the client nearly twice the CPU (asyncpg encodes each timestamp in Python). Payloads
+# travel as JSON text inside it, because PostgreSQL refuses "\u0000" in any JSON it takes
+# apart. The ids come back as one array.
 INSERT_JOBS = (
     "WITH inserted AS ("
     " INSERT INTO jobs (payload, status, attempt, max_attempts, run_at, inserted_at, errors)"
@@ -79,7 +80,7 @@ CLAIM_DUE_JOBS = (
 # is set exactly while a job runs, so it alone says so. With `status = 'running'` added, the
 # planner, which statistics tell that few jobs run, walked ix_jobs_status_newest's running
 # entries (dead ones of every job finished since the last vacuum included) instead of the
-# primary key: 0.29 against 0.05 ms a finish on 1,000,000 jobs, 148 against 5 index pages.
+# primary key, several times slower on a large table.
 HELD = "id = $1 AND locked_by = $2"
 RELEASED = "locked_by = NULL, lease_expires_at = NULL"
 # Jobs that end done or failed stay so: the statement that ends one also appends a row to
@@ -503,9 +504,8 @@ class _PooledConnection:
 class _HeldConnection:
     """A pool connection kept from one use to the next, for a user that needs one at a time.
 
-    Taking a connection from the pool and giving it back for each group commit cost, measured
-    in-process, 8,700 instructions a `POST /jobs` in groups of 16 (about 140,000 a commit);
-    end to end with two worker instances, 17-21% of the jobs/s.
+    Taking a connection from the pool and giving it back for each group commit cost a fifth
+    of the end-to-end throughput with two worker instances.
     After any error the connection goes back to the pool, which rolls it back or closes it,
     and the next use takes another.
     """

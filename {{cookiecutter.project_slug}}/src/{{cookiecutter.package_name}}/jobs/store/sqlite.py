@@ -6,8 +6,7 @@ instead of one each, and there is never a second writer to meet "database is loc
 run in threads on their own connections, which WAL lets proceed while the writer works.
 
 The table comes from the SQLModel model; the statements are SQL text on the driver's
-connection, because the ORM's per-statement overhead was most of the cost of a job (the
-README's "Performance" section has the numbers).
+connection, because the ORM's per-statement overhead was most of the cost of a job.
 """
 
 import asyncio
