@@ -46,7 +46,10 @@ JOB_BODY = b'{"payload": {"task": "noop", "value": 42}}'
 END_TO_END = (
     "import time\n"
     "from {package} import event_loop\n"
+    "from {package}.__main__ import tune_garbage_collector\n"
     "from {package}.bench import bench_end_to_end, empty_store\n"
+    # As `python -m <package>` runs the engine.
+    "tune_garbage_collector()\n"
     "with empty_store():\n"
     "    cpu = time.process_time()\n"
     "    event_loop.run(bench_end_to_end({jobs}))\n"

@@ -12,6 +12,7 @@ Numbers vary with the machine; compare runs made on the same one.
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import signal
@@ -115,6 +116,8 @@ def empty_store() -> Iterator[None]:
 def run_benchmarks(args: argparse.Namespace) -> None:
     # Job events would be a log line per job; the numbers are for the engine, not the terminal.
     logging.getLogger().setLevel(logging.WARNING)
+    # The engines measured in this process run as `python -m` runs them.
+    tune_garbage_collector()
     settings = Settings()
     store_name = type(make_store(settings, SystemClock())).__name__
     print(f"{store_name}, pool size {settings.worker_pool_size}, {os.cpu_count()} CPUs")
@@ -185,7 +188,9 @@ def bench_http(requests: int, connections: int, *, workers: bool) -> None:
                 )
             print(line)
         # One client waiting for each answer before it sends the next: the latency a lone
-        # request sees, commit included.
+        # request sees, commit included, once the jobs posted above have all run.
+        if workers:
+            wait_until_idle(port)
         took, answered = asyncio.run(post_load(port, "/jobs", max(requests // 10, 2), 1))
         p50, p99 = percentile(answered, 50), percentile(answered, 99)
         print(
@@ -214,6 +219,18 @@ def running_server(workers: bool) -> Iterator[int]:
         yield port
     finally:
         stop_all([server])
+
+
+def wait_until_idle(port: int) -> None:
+    """Wait until the server's workers have run every job it holds."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=10) as response:
+            stats = json.load(response)
+        if stats["queued"] == stats["running"] == 0:
+            return
+        time.sleep(0.1)
+    raise RuntimeError("the benchmark server did not finish its jobs within 300 s")
 
 
 async def post_load(
