@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from pydantic import BaseModel, Field
 
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.jobs.model import JobStatus
@@ -591,6 +592,41 @@ async def test_a_job_id_that_is_not_an_integer_is_400(
     response = await client.get(f"/jobs/{job_id}")
 
     assert_error(response, 400)
+
+
+# --- Routes of your own
+
+
+class Order(BaseModel):
+    customer: str
+    quantity: int = Field(ge=1)
+
+
+async def test_a_route_of_your_own_reports_invalid_fields_as_400_naming_them(
+    settings: Settings,
+) -> None:
+    app = create_app(settings)
+
+    @app.post("/orders", status_code=201)
+    async def place_order(order: Order) -> Order:
+        return order
+
+    async with serve(app) as client:
+        placed = await client.post("/orders", json={"customer": "acme", "quantity": 2})
+        refused = await client.post("/orders", json={"quantity": 0})
+        document = (await client.get("/openapi.json")).json()
+
+    assert (placed.status_code, placed.json()) == (201, {"customer": "acme", "quantity": 2})
+    assert_error(
+        refused,
+        400,
+        "customer: Field required; quantity: Input should be greater than or equal to 1",
+    )
+    responses = document["paths"]["/orders"]["post"]["responses"]
+    assert set(responses) == {"201", "400"}
+    assert responses["400"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ErrorBody"
+    }
 
 
 # --- Routing
