@@ -213,7 +213,9 @@ def test_project_name_leaves_no_trace_of_the_default_names(bake: Bake) -> None:
 
 
 @pytest.mark.slow
-def test_default_render_installs_runs_and_benchmarks_in_a_fresh_venv(bake: Bake, tmp_path: Path) -> None:
+def test_default_render_installs_runs_and_benchmarks_in_a_fresh_venv(
+    bake: Bake, tmp_path: Path
+) -> None:
     package = resolve_answers({})["package_name"]
     # pip builds a local project in place; a copy keeps build output out of the render.
     source = shutil.copytree(bake(), tmp_path / "source")

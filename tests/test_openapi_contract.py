@@ -50,7 +50,6 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import time
@@ -64,7 +63,7 @@ import pytest
 
 from .baking import JOB_STORES, Bake, resolve_answers
 from .databases import DEFAULT_URL, UNREACHABLE, database_of_its_own, run_sql
-from .processes import LOCAL_OPENER, became_healthy, free_port
+from .processes import LOCAL_OPENER, became_healthy, free_port, stop
 
 # Every job store, plus a render without metrics (one operation less).
 RENDERS: dict[str, dict[str, str]] = {
@@ -141,17 +140,6 @@ def store_environment(job_store: str, tmp_path: Path) -> Iterator[dict[str, str]
             yield {"DATABASE_URL": database_url}
     else:
         yield {}
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL if it is still there after a while."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @pytest.fixture(params=list(RENDERS.values()), ids=list(RENDERS))

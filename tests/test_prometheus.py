@@ -10,7 +10,6 @@ import json
 import math
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from typing import Any
 import pytest
 
 from .baking import Bake, resolve_answers
-from .processes import LOCAL_OPENER, became_healthy, free_port
+from .processes import LOCAL_OPENER, became_healthy, free_port, stop
 
 DASHBOARD = Path("monitoring", "grafana", "dashboards", "jobs.json")
 SCRAPE_INTERVAL = "1s"
@@ -78,13 +77,7 @@ class Process:
             )
 
     def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+        stop(self.popen)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
