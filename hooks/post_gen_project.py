@@ -19,14 +19,17 @@ STORE_DIR = PACKAGE_DIR / "jobs" / "store"
 STORE_FILES: dict[str, tuple[Path, ...]] = {
     "sqlite": (
         STORE_DIR / "sqlite.py",
+        STORE_DIR / "sqlite_migrations",
         STORE_DIR / "group_commit.py",
         Path("tests", "test_sqlite_store.py"),
     ),
     "memory": (STORE_DIR / "memory.py",),
     "postgres": (
         STORE_DIR / "postgres.py",
+        STORE_DIR / "postgres_migrations",
         STORE_DIR / "group_commit.py",
         Path("tests", "test_scale_out.py"),
+        Path("tests", "test_postgres_store.py"),
     ),
 }
 

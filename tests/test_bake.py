@@ -53,6 +53,7 @@ RENDERS: dict[str, dict[str, str]] = {
 STORE_FILE_OWNERS: dict[str, set[str]] = {
     "src/<package>/jobs/store/group_commit.py": {"sqlite", "postgres"},
     "tests/test_scale_out.py": {"postgres"},
+    "tests/test_postgres_store.py": {"postgres"},
     "tests/test_sqlite_store.py": {"sqlite"},
 }
 # A PostgreSQL render's settings need a DATABASE_URL; only its format is checked, so

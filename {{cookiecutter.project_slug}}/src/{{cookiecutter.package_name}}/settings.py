@@ -1,12 +1,16 @@
 """Every knob of the service, read once from the environment (and a `.env` file)."""
 
+import re
+
 {% if cookiecutter.job_store == "sqlite" or cookiecutter.use_metrics == "yes" -%}
 from pathlib import Path
 {% endif -%}
 from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .jobs.model import DEFAULT_QUEUE, QUEUE_NAME_PATTERN
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
 
@@ -22,8 +26,16 @@ class Settings(BaseSettings):
 
     host: str = "0.0.0.0"
     port: Annotated[int, Field(ge=1, le=65535)] = {{ cookiecutter.port }}
-    # Jobs executed at once by this process.
+    # Jobs executed at once by this process, from the default queue and every queue QUEUES
+    # does not name.
     worker_pool_size: Annotated[int, Field(ge=1, le=1024)] = {{ cookiecutter.worker_count }}
+    # The queues this process serves and how many of each queue's jobs it runs at once, as
+    # `default=4,emails=2`; `default` also serves every queue not named. Unset: the default
+    # queue (and so every queue) with WORKER_POOL_SIZE.
+    queues: Annotated[dict[str, int] | None, NoDecode] = None
+    # Each priority level counts for this many seconds of waiting: a job of priority p is
+    # claimed as if it had become due p x this later (0: first come, first served).
+    priority_aging_seconds: Annotated[float, Field(ge=0)] = 300.0
 {%- if cookiecutter.job_store == "sqlite" %}
     # Where the SQLite file lives; relative paths are relative to the working directory.
     database_url: str = "sqlite:///./jobs.db"
@@ -58,6 +70,34 @@ class Settings(BaseSettings):
     # from the environment itself; it is checked here so a wrong path is one clear line.
     prometheus_multiproc_dir: Path | None = None
 {%- endif %}
+
+    @field_validator("queues", mode="before")
+    @classmethod
+    def _parse_queues(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        limits: dict[str, object] = {}
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            name, equals, limit = item.partition("=")
+            if not equals or not re.fullmatch(QUEUE_NAME_PATTERN, name.strip()):
+                raise ValueError(f"{item!r} is not queue=limit, a queue being 1-64 of a-z0-9_-")
+            limits[name.strip()] = limit.strip()
+        if not limits:
+            raise ValueError("names no queue")
+        return limits
+
+    @field_validator("queues")
+    @classmethod
+    def _check_limits(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        for name, limit in (value or {}).items():
+            if not 1 <= limit <= 1024:
+                raise ValueError(f"the limit of queue {name!r} must be 1 to 1024, got {limit}")
+        return value
+
+    @property
+    def queue_limits(self) -> dict[str, int]:
+        """Each served queue and how many of its jobs run at once (see `queues`)."""
+        return dict(self.queues) if self.queues else {DEFAULT_QUEUE: self.worker_pool_size}
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

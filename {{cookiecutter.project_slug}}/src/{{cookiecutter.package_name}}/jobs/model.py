@@ -44,11 +44,23 @@ EXAMPLE_PAYLOAD = {"task": "process_data", "value": 42}
 EXAMPLE_MOMENT = "2025-12-28T17:24:48.957749Z"
 
 
+DEFAULT_QUEUE = "default"
+MAX_PRIORITY = 9
+QUEUE_NAME_PATTERN = r"^[a-z0-9_-]{1,64}$"
+
+
 class JobStatus(StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+# Statuses a job never leaves by itself: only a retry brings failed and cancelled jobs back.
+FINISHED = frozenset({JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED})
+# While a job is in one of these, no other job may have its unique_key.
+UNIQUE_WHILE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 def parse_moment(value: object) -> datetime:
@@ -94,10 +106,14 @@ MomentInput = Annotated[
 
 
 def _reject_bool_and_text(value: object) -> object:
-    """`true` and `"3"` are not numbers of attempts; `3.0` is, as JSON Schema counts."""
+    """`true` and `"3"` are not integers here; `3.0` is, as JSON Schema counts."""
     if isinstance(value, bool | str):
         raise PydanticCustomError("int_type", "Input should be a valid integer")
     return value
+
+
+StrictInt = Annotated[int, BeforeValidator(_reject_bool_and_text)]
+QueueName = Annotated[str, Field(pattern=QUEUE_NAME_PATTERN, examples=["emails"])]
 
 
 class JobBase(BaseModel):
@@ -107,8 +123,27 @@ class JobBase(BaseModel):
         description='Any JSON object; `payload["task"]` names the handler that runs the job.',
         examples=[EXAMPLE_PAYLOAD],
     )
-    max_attempts: Annotated[int, BeforeValidator(_reject_bool_and_text)] = Field(
+    max_attempts: StrictInt = Field(
         default=3, ge=1, le=100, description="Attempts allowed before the job fails for good."
+    )
+    queue: QueueName = Field(
+        default=DEFAULT_QUEUE,
+        description="The queue the job waits in: 1-64 of `a-z`, `0-9`, `_` and `-`.",
+    )
+    priority: StrictInt = Field(
+        default=0,
+        ge=0,
+        le=MAX_PRIORITY,
+        description="0 runs first, 9 last; a waiting job gains a level every"
+        " PRIORITY_AGING_SECONDS, so none starves.",
+    )
+    unique_key: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="While a queued or running job has this key, submitting another with it"
+        " creates nothing and answers with the existing job's id.",
+        examples=["invoice-2025-0042"],
     )
 
 
@@ -143,6 +178,9 @@ class NewJob(JobBase):
             id=job_id,
             payload=self.payload,
             max_attempts=self.max_attempts,
+            queue=self.queue,
+            priority=self.priority,
+            unique_key=self.unique_key,
             run_at=self.run_at or now,
             inserted_at=now,
         )
@@ -177,6 +215,10 @@ class Job(JobBase):
                     "status": "done",
                     "attempt": 1,
                     "max_attempts": 3,
+                    "queue": "default",
+                    "priority": 0,
+                    "unique_key": None,
+                    "cancel_requested": False,
                     "run_at": EXAMPLE_MOMENT,
                     "inserted_at": EXAMPLE_MOMENT,
                     "started_at": "2025-12-28T17:24:49.566352Z",
@@ -191,10 +233,17 @@ class Job(JobBase):
     id: int = Field(description="Assigned by the store; grows with every job.")
     status: JobStatus = JobStatus.QUEUED
     attempt: int = Field(default=0, description="Attempts started so far, the running one too.")
+    cancel_requested: bool = Field(
+        default=False,
+        description="A cancel was asked for while the job ran; it ends `cancelled` when its"
+        " handler returns or raises.",
+    )
     run_at: Moment = Field(description="When the job is (or was) due.")
     inserted_at: Moment
     started_at: Moment | None = Field(default=None, description="When the latest attempt started.")
-    finished_at: Moment | None = Field(default=None, description="When it ended done or failed.")
+    finished_at: Moment | None = Field(
+        default=None, description="When it ended done, failed or cancelled."
+    )
     result: Any = Field(default=None, description="What the handler returned.")
     errors: list[str] = Field(
         default_factory=list, description="One error per failed attempt, oldest first."
@@ -210,20 +259,42 @@ class Job(JobBase):
 
 # The column type every moment is kept in; databases that can keep the zone do.
 MOMENT = DateTime(timezone=True)
+# The task a job names, as the database reads it from the payload, for listing by task.
+{%- if cookiecutter.job_store == "postgres" %}
+TASK = text("(payload ->> 'task')")
+{%- else %}
+TASK = text("json_extract(payload, '$.task')")
+{%- endif %}
 
 
 class JobRow(SQLModel, table=True):
-    """The table jobs are kept in: Job's fields as columns{% if cookiecutter.job_store == "postgres" %}, and the lease{% endif %}."""
+    """The table jobs are kept in: Job's fields as columns, `claim_at`{% if cookiecutter.job_store == "postgres" %} and the lease{% endif %}.
+
+    Migrations (jobs/store/migrations) make and change the table in a database; this
+    declaration is what they must arrive at, which a test checks.
+    """
 
     __tablename__ = "jobs"
 {%- set where = "sqlite_where" if cookiecutter.job_store == "sqlite" else "postgresql_where" %}
     __table_args__ = (
-        # Claiming reads only queued jobs, oldest run_at first: a partial index keeps that a
-        # short walk however many finished jobs pile up.
-        Index("ix_jobs_due", "run_at", "id", {{ where }}=text("status = 'queued'")),
-        # Listing is newest first, optionally by status.
+        # Claiming reads only queued jobs in claim order: partial indexes keep that a short
+        # walk however many finished jobs pile up; one for claims across every queue, one
+        # for claims in a named queue.
+        Index("ix_jobs_due", "claim_at", "id", {{ where }}=text("status = 'queued'")),
+        Index("ix_jobs_queue_due", "queue", "claim_at", "id", {{ where }}=text("status = 'queued'")),
+        # The database itself refuses a second queued or running job with the same key, so
+        # two instances inserting at once cannot both succeed.
+        Index(
+            "ix_jobs_unique_key",
+            "unique_key",
+            unique=True,
+            {{ where }}=text("unique_key IS NOT NULL AND status IN ('queued', 'running')"),
+        ),
+        # Listing is newest first, optionally by status, queue or task.
         Index("ix_jobs_newest", "inserted_at", "id"),
         Index("ix_jobs_status_newest", "status", "inserted_at", "id"),
+        Index("ix_jobs_queue_newest", "queue", "inserted_at", "id"),
+        Index("ix_jobs_task_newest", TASK, "inserted_at", "id"),
 {%- if cookiecutter.job_store == "postgres" %}
         # Finding running jobs whose instance stopped renewing their lease.
         Index("ix_jobs_leases", "lease_expires_at", {{ where }}=text("status = 'running'")),
@@ -238,21 +309,37 @@ class JobRow(SQLModel, table=True):
     id: int | None = ColumnField(default=None, primary_key=True)
 {%- endif %}
     payload: dict[str, Any] = ColumnField(sa_type=JSON)
+    max_attempts: int = 3
+    queue: str = ColumnField(default=DEFAULT_QUEUE, sa_type=String(64))
+    priority: int = 0
+    unique_key: str | None = ColumnField(default=None, sa_type=String(200))
     status: str = ColumnField(default=JobStatus.QUEUED.value, sa_type=String(16))
     attempt: int = 0
-    max_attempts: int = 3
+    cancel_requested: bool = False
     run_at: datetime = ColumnField(sa_type=MOMENT)
     inserted_at: datetime = ColumnField(sa_type=MOMENT)
     started_at: datetime | None = ColumnField(default=None, sa_type=MOMENT)
     finished_at: datetime | None = ColumnField(default=None, sa_type=MOMENT)
     result: Any = ColumnField(default=None, sa_type=JSON, nullable=True)
     errors: list[str] = ColumnField(default_factory=list, sa_type=JSON)
+    # Where the job stands in line: run_at + priority x PRIORITY_AGING_SECONDS. Claims take
+    # the smallest first, so a priority counts for that many seconds of waiting.
+    claim_at: datetime = ColumnField(sa_type=MOMENT)
 {%- if cookiecutter.job_store == "postgres" %}
 
     # The instance running the job, and until when it has promised to be alive.
     locked_by: str | None = None
     lease_expires_at: datetime | None = ColumnField(default=None, sa_type=MOMENT)
 {%- endif %}
+
+
+class QueueRow(SQLModel, table=True):
+    """A queue an operator paused or resumed: kept, so it holds across restarts and instances."""
+
+    __tablename__ = "queues"
+
+    name: str = ColumnField(primary_key=True, sa_type=String(64))
+    paused: bool = False
 
 
 # The columns that make a Job, in the order stores select them.

@@ -3,7 +3,7 @@
 from ...settings import Settings
 from ..clock import Clock
 from ..model import NewJob
-from .base import JobStore, StoreUnavailable
+from .base import Enqueued, JobConflict, JobFilter, JobStore, QueueCounts, StoreUnavailable
 {%- if cookiecutter.job_store == "sqlite" %}
 from .sqlite import SqliteJobStore
 {%- elif cookiecutter.job_store == "postgres" %}
@@ -12,13 +12,24 @@ from .postgres import PostgresJobStore
 from .memory import MemoryJobStore
 {%- endif %}
 
-__all__ = ["JobStore", "NewJob", "StoreUnavailable", "make_store"]
+__all__ = [
+    "Enqueued",
+    "JobConflict",
+    "JobFilter",
+    "JobStore",
+    "NewJob",
+    "QueueCounts",
+    "StoreUnavailable",
+    "make_store",
+]
 
 
 def make_store(settings: Settings, clock: Clock) -> JobStore:
     """The job store the settings describe."""
 {%- if cookiecutter.job_store == "sqlite" %}
-    return SqliteJobStore(settings.database_url, clock)
+    return SqliteJobStore(
+        settings.database_url, clock, priority_aging_seconds=settings.priority_aging_seconds
+    )
 {%- elif cookiecutter.job_store == "postgres" %}
     return PostgresJobStore(
         settings.database_url,
@@ -26,7 +37,8 @@ def make_store(settings: Settings, clock: Clock) -> JobStore:
         notify=settings.database_notify,
         lease_seconds=settings.job_lease_seconds,
         connect_timeout=settings.database_connect_timeout,
+        priority_aging_seconds=settings.priority_aging_seconds,
     )
 {%- elif cookiecutter.job_store == "memory" %}
-    return MemoryJobStore(clock)
+    return MemoryJobStore(clock, priority_aging_seconds=settings.priority_aging_seconds)
 {%- endif %}

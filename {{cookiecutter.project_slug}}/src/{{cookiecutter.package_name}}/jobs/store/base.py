@@ -2,11 +2,17 @@
 
 Nothing outside a store knows how jobs are kept, so stores are swappable and one contract test
 suite (tests/test_store_contract.py) holds every store to the same behaviour.
+
+Queues in claims: `fetch_jobs` and `next_run_at` take the queues this process serves as a
+mapping from queue name to how many jobs it may claim from it now (0: none, it is full). The
+key `default` stands for the default queue and every queue the mapping does not name; a
+queue absent from the mapping (when `default` is absent too) is not served at all.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ..model import Job, JobStatus, NewJob
 
@@ -15,9 +21,39 @@ class StoreUnavailable(Exception):
     """The store cannot be reached or cannot do its work right now."""
 
 
+class JobConflict(Exception):
+    """The job is not in a state the operation applies to; the message says why, for clients."""
+
+
+class Enqueued(NamedTuple):
+    """What became of one submitted job."""
+
+    job: Job
+    # False when a queued or running job had the same unique_key: `job` is that one.
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class JobFilter:
+    """Which jobs a listing shows; None matches any."""
+
+    status: JobStatus | None = None
+    queue: str | None = None
+    task: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueueCounts:
+    """One queue as the store knows it: its jobs by status, and whether it is paused."""
+
+    name: str
+    counts: dict[JobStatus, int]
+    paused: bool
+
+
 class JobStore(Protocol):
     async def open(self) -> None:
-        """Connect and create the schema if needed; safe to call on an existing store."""
+        """Connect and bring the schema up to date (migrations); safe on an existing store."""
 
     async def close(self) -> None:
         """Finish pending writes and release connections."""
@@ -26,37 +62,74 @@ class JobStore(Protocol):
         """Raise StoreUnavailable unless the store answers."""
 
     def subscribe(self, on_new_jobs: Callable[[], None]) -> None:
-        """Call `on_new_jobs` (from the event loop) whenever inserted jobs may have become due."""
+        """Call `on_new_jobs` (from the event loop) whenever jobs may have become due:
+        inserted, retried, or their queue resumed."""
 
-    async def insert_job(self, new_job: NewJob) -> Job:
-        """Insert one queued job, durably, and return it with its id."""
+    def subscribe_cancellations(self, on_cancel: Callable[[int], None]) -> None:
+        """Call `on_cancel(job_id)` (from the event loop) when a running job's cancel is asked
+        for, as promptly as the store can tell any instance; `cancel_requested_among` is the
+        backstop for what this misses."""
 
-    async def insert_all_jobs(self, new_jobs: Sequence[NewJob]) -> list[Job]:
-        """Insert many queued jobs in one transaction, in order."""
+    async def insert_job(self, new_job: NewJob) -> Enqueued:
+        """Insert one queued job, durably, unless its unique_key is taken (see Enqueued)."""
 
-    async def fetch_jobs(self, limit: int) -> list[Job]:
-        """Claim up to `limit` due jobs, oldest run_at (then id) first: queued -> running."""
+    async def insert_all_jobs(self, new_jobs: Sequence[NewJob]) -> list[Enqueued]:
+        """Insert many jobs in one transaction, all or none, in order. A job whose
+        unique_key a queued or running job holds, or an earlier job of the same call,
+        is not inserted: its Enqueued names that job."""
+
+    async def fetch_jobs(self, limits: Mapping[str, int]) -> list[Job]:
+        """Claim due jobs, queued -> running: up to `limits[q]` from each queue q (see the
+        module's docstring), none from paused queues, each queue's in claim order: run_at
+        plus priority x the aging interval, then id."""
 
     async def complete_job(self, job: Job, result: Any) -> None:
-        """Record a successful attempt: running -> done, with its result."""
+        """Record a successful attempt: running -> done with its result (cancelled instead
+        when a cancel was requested meanwhile)."""
 
     async def error_job(self, job: Job, error: str, retry_at: datetime | None) -> None:
-        """Record a failed attempt: back to queued at `retry_at`, or failed when it is None."""
+        """Record a failed attempt: back to queued at `retry_at`, or failed when it is None
+        (cancelled instead, either way, when a cancel was requested meanwhile)."""
 
     async def release_jobs(self, jobs: Sequence[Job]) -> None:
-        """Return running jobs to queued without spending their attempt (graceful shutdown)."""
+        """Return running jobs to queued without spending their attempt (graceful shutdown);
+        one whose cancel was requested ends cancelled instead."""
 
     async def rescue_orphaned_jobs(self) -> int:
         """Requeue (or fail, when out of attempts) jobs whose worker died; return how many."""
 
-    async def next_run_at(self) -> datetime | None:
-        """The earliest run_at among queued jobs, or None when nothing is queued."""
+    async def cancel_job(self, job_id: int) -> Job | None:
+        """Cancel a job: queued -> cancelled at once; running -> cancel_requested, told to
+        the `subscribe_cancellations` listeners of every instance. Returns the job as it is
+        now, None if there is none; JobConflict if it is done, failed or cancelled."""
+
+    async def cancel_requested_among(self, job_ids: Sequence[int]) -> list[int]:
+        """Which of these jobs are running with a cancel requested."""
+
+    async def retry_job(self, job_id: int) -> Job | None:
+        """Failed or cancelled -> queued, due now, its errors kept; max_attempts raised by one
+        when they are spent. None if there is no such job; JobConflict if it is in another
+        status, or if a queued or running job holds its unique_key."""
+
+    async def next_run_at(self, limits: Mapping[str, int]) -> datetime | None:
+        """The earliest run_at among queued jobs that `fetch_jobs(limits)` could claim once
+        due (queues with a limit above 0, not paused), or None when there are none."""
 
     async def get_job(self, job_id: int) -> Job | None:
         """One job by id."""
 
-    async def list_jobs(self, status: JobStatus | None, limit: int, offset: int) -> list[Job]:
-        """Jobs newest first (inserted_at, then id, descending), optionally of one status."""
+    async def list_jobs(self, where: JobFilter, limit: int, offset: int) -> list[Job]:
+        """Jobs newest first (inserted_at, then id, descending) matching `where`."""
 
     async def count_jobs(self) -> dict[JobStatus, int]:
         """How many jobs there are in each status."""
+
+    async def list_queues(self) -> list[QueueCounts]:
+        """Every queue that has jobs or was ever paused or resumed, by name."""
+
+    async def pause_queue(self, name: str) -> None:
+        """Stop claims from the queue on every instance, until resumed; kept across restarts.
+        Its jobs are still accepted."""
+
+    async def resume_queue(self, name: str) -> None:
+        """Let claims from the queue start again, on every instance."""

@@ -1,24 +1,42 @@
 """A job store that lives in this process: fastest, and everything is lost on restart."""
 
 import heapq
-from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..clock import Clock
-from ..model import Job, JobStatus, NewJob
+from ..model import DEFAULT_QUEUE, FINISHED, UNIQUE_WHILE, Job, JobStatus, NewJob
+from .base import Enqueued, JobConflict, JobFilter, QueueCounts
+
+# A status set this large a share of all jobs is walked newest first rather than sorted.
+DENSE_SHARE = 8
 
 
 class MemoryJobStore:
-    """Jobs in a dict, due jobs in a heap ordered by (run_at, id)."""
+    """Jobs in a dict; each queue's queued jobs in heaps (see __init__)."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, *, priority_aging_seconds: float = 300.0) -> None:
         self._clock = clock
+        self._aging = timedelta(seconds=priority_aging_seconds)
         self._jobs: dict[int, Job] = {}
-        # Entries can go stale when a job leaves the queue; claiming skips them.
-        self._due: list[tuple[datetime, int]] = []
-        self._counts = dict.fromkeys(JobStatus, 0)
+        # Per queue, queued jobs in two heaps: not yet due by (run_at, id), and due by
+        # (claim_at, id, run_at). Entries go stale when a job leaves the queue or is
+        # requeued; claims skip them.
+        self._scheduled: dict[str, list[tuple[datetime, int]]] = defaultdict(list)
+        self._ready: dict[str, list[tuple[datetime, int, datetime]]] = defaultdict(list)
+        self._by_status: dict[JobStatus, set[int]] = {status: set() for status in JobStatus}
+        # Ids in ascending order, per queue and per task, for listings by either.
+        self._by_queue: dict[str, list[int]] = defaultdict(list)
+        self._by_task: dict[str, list[int]] = defaultdict(list)
+        self._queue_counts: dict[str, dict[JobStatus, int]] = defaultdict(
+            lambda: dict.fromkeys(JobStatus, 0)
+        )
+        self._unique: dict[str, int] = {}
+        self._paused: dict[str, bool] = {}
         self._listeners: list[Callable[[], None]] = []
+        self._cancel_listeners: list[Callable[[int], None]] = []
         self._last_inserted_at = datetime.min.replace(tzinfo=UTC)
 
     async def open(self) -> None:
@@ -33,52 +51,61 @@ class MemoryJobStore:
     def subscribe(self, on_new_jobs: Callable[[], None]) -> None:
         self._listeners.append(on_new_jobs)
 
-    async def insert_job(self, new_job: NewJob) -> Job:
+    def subscribe_cancellations(self, on_cancel: Callable[[int], None]) -> None:
+        self._cancel_listeners.append(on_cancel)
+
+    async def insert_job(self, new_job: NewJob) -> Enqueued:
         return (await self.insert_all_jobs([new_job]))[0]
 
-    async def insert_all_jobs(self, new_jobs: Sequence[NewJob]) -> list[Job]:
+    async def insert_all_jobs(self, new_jobs: Sequence[NewJob]) -> list[Enqueued]:
         # Never older than the last insert, even if the wall clock steps back: listing by id
         # is then listing by insertion time.
         now = max(self._clock.now(), self._last_inserted_at)
         self._last_inserted_at = now
-        inserted = []
+        enqueued = []
         for new_job in new_jobs:
+            holder = self._unique.get(new_job.unique_key) if new_job.unique_key else None
+            if holder is not None:
+                enqueued.append(Enqueued(self._jobs[holder].model_copy(), created=False))
+                continue
             job_id = len(self._jobs) + 1
             job = new_job.inserted(job_id, now)
             self._jobs[job_id] = job
+            self._by_status[JobStatus.QUEUED].add(job_id)
+            self._queue_counts[job.queue][JobStatus.QUEUED] += 1
+            self._by_queue[job.queue].append(job_id)
+            if job.task_name is not None:
+                self._by_task[job.task_name].append(job_id)
+            if job.unique_key is not None:
+                self._unique[job.unique_key] = job_id
             self._enqueue(job)
-            self._counts[JobStatus.QUEUED] += 1
-            inserted.append(job)
-        for notify in self._listeners:
-            notify()
-        return [job.model_copy() for job in inserted]
+            enqueued.append(Enqueued(job.model_copy(), created=True))
+        self._wake()
+        return enqueued
 
-    async def fetch_jobs(self, limit: int) -> list[Job]:
+    async def fetch_jobs(self, limits: Mapping[str, int]) -> list[Job]:
         now = self._clock.now()
         claimed: list[Job] = []
-        while self._due and len(claimed) < limit and self._due[0][0] <= now:
-            run_at, job_id = heapq.heappop(self._due)
-            job = self._jobs[job_id]
-            if job.status is not JobStatus.QUEUED or job.run_at != run_at:
-                continue
-            self._move(job, JobStatus.RUNNING)
-            job.attempt += 1
-            job.started_at = now
-            claimed.append(job.model_copy())
+        for queues, limit in self._claimable(limits):
+            for job in self._take_due(queues, limit, now):
+                self._move(job, JobStatus.RUNNING)
+                job.attempt += 1
+                job.started_at = now
+                claimed.append(job.model_copy())
         return claimed
 
     async def complete_job(self, job: Job, result: Any) -> None:
         stored = self._running(job)
-        self._move(stored, JobStatus.DONE)
         stored.result = result
-        stored.finished_at = self._clock.now()
+        self._finish(stored, JobStatus.CANCELLED if stored.cancel_requested else JobStatus.DONE)
 
     async def error_job(self, job: Job, error: str, retry_at: datetime | None) -> None:
         stored = self._running(job)
         stored.errors = [*stored.errors, error]
-        if retry_at is None:
-            self._move(stored, JobStatus.FAILED)
-            stored.finished_at = self._clock.now()
+        if stored.cancel_requested:
+            self._finish(stored, JobStatus.CANCELLED)
+        elif retry_at is None:
+            self._finish(stored, JobStatus.FAILED)
         else:
             self._move(stored, JobStatus.QUEUED)
             stored.run_at = retry_at
@@ -87,54 +114,175 @@ class MemoryJobStore:
     async def release_jobs(self, jobs: Sequence[Job]) -> None:
         for job in jobs:
             stored = self._running(job)
-            self._move(stored, JobStatus.QUEUED)
             stored.attempt -= 1
             if stored.attempt == 0:
                 stored.started_at = None
-            self._enqueue(stored)
+            if stored.cancel_requested:
+                self._finish(stored, JobStatus.CANCELLED)
+            else:
+                self._move(stored, JobStatus.QUEUED)
+                self._enqueue(stored)
 
     async def rescue_orphaned_jobs(self) -> int:
         # Nothing outlives this process, so no job can be orphaned.
         return 0
 
-    async def next_run_at(self) -> datetime | None:
-        while self._due:
-            run_at, job_id = self._due[0]
-            job = self._jobs[job_id]
-            if job.status is JobStatus.QUEUED and job.run_at == run_at:
-                return run_at
-            heapq.heappop(self._due)
-        return None
+    async def cancel_job(self, job_id: int) -> Job | None:
+        job = self._jobs.get(job_id)
+        if job is None:
+            return None
+        if job.status in FINISHED:
+            raise JobConflict(f"Job {job_id} is {job.status}")
+        if job.status is JobStatus.QUEUED:
+            self._finish(job, JobStatus.CANCELLED)
+        elif not job.cancel_requested:
+            job.cancel_requested = True
+            for on_cancel in self._cancel_listeners:
+                on_cancel(job_id)
+        return job.model_copy()
+
+    async def cancel_requested_among(self, job_ids: Sequence[int]) -> list[int]:
+        return [
+            job_id
+            for job_id in job_ids
+            if (job := self._jobs.get(job_id)) is not None
+            and job.status is JobStatus.RUNNING
+            and job.cancel_requested
+        ]
+
+    async def retry_job(self, job_id: int) -> Job | None:
+        job = self._jobs.get(job_id)
+        if job is None:
+            return None
+        if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+            raise JobConflict(f"Job {job_id} is {job.status}")
+        if job.unique_key is not None and (holder := self._unique.get(job.unique_key)):
+            raise JobConflict(
+                f"Job {job_id} has unique_key {job.unique_key!r}, which job {holder} holds"
+            )
+        self._move(job, JobStatus.QUEUED)
+        job.run_at = self._clock.now()
+        job.finished_at = None
+        job.cancel_requested = False
+        job.max_attempts = max(job.max_attempts, job.attempt + 1)
+        self._enqueue(job)
+        self._wake()
+        return job.model_copy()
+
+    async def next_run_at(self, limits: Mapping[str, int]) -> datetime | None:
+        now = self._clock.now()
+        run_ats: list[datetime] = []
+        for queues, _ in self._claimable(limits):
+            for queue in queues:
+                self._promote_due(queue, now)
+                # Due jobs wait in claim order, not run_at order: look at them all (after a
+                # claim round they are few, or the queue is full and not asked about).
+                run_ats += (e[2] for e in self._ready[queue] if self._is_current(e[1], e[2]))
+                scheduled = self._scheduled[queue]
+                while scheduled and not self._is_current(scheduled[0][1], scheduled[0][0]):
+                    heapq.heappop(scheduled)
+                if scheduled:
+                    run_ats.append(scheduled[0][0])
+        return min(run_ats, default=None)
 
     async def get_job(self, job_id: int) -> Job | None:
         job = self._jobs.get(job_id)
         return job and job.model_copy()
 
-    async def list_jobs(self, status: JobStatus | None, limit: int, offset: int) -> list[Job]:
-        # Ids grow with insertion time here, so newest first is highest id first.
-        if status is None:
-            newest = len(self._jobs) - offset
-            return [
-                self._jobs[job_id].model_copy()
-                for job_id in range(newest, newest - limit, -1)
-                if job_id > 0
-            ]
+    async def list_jobs(self, where: JobFilter, limit: int, offset: int) -> list[Job]:
         page = []
-        skipped = 0
-        for job_id in range(len(self._jobs), 0, -1):
-            job = self._jobs[job_id]
-            if status is not None and job.status is not status:
-                continue
-            if skipped < offset:
-                skipped += 1
-                continue
-            page.append(job.model_copy())
-            if len(page) == limit:
-                break
+        matching = (
+            job
+            for job_id in self._newest_first(where)
+            if self._matches(job := self._jobs[job_id], where)
+        )
+        for index, job in enumerate(matching):
+            if index >= offset:
+                page.append(job.model_copy())
+                if len(page) == limit:
+                    break
         return page
 
     async def count_jobs(self) -> dict[JobStatus, int]:
-        return dict(self._counts)
+        return {status: len(ids) for status, ids in self._by_status.items()}
+
+    async def list_queues(self) -> list[QueueCounts]:
+        return [
+            QueueCounts(name, dict(self._queue_counts[name]), self._paused.get(name, False))
+            for name in sorted({*self._queue_counts, *self._paused})
+        ]
+
+    async def pause_queue(self, name: str) -> None:
+        self._paused[name] = True
+
+    async def resume_queue(self, name: str) -> None:
+        self._paused[name] = False
+        self._wake()
+
+    def _claimable(self, limits: Mapping[str, int]) -> Iterator[tuple[list[str], int]]:
+        """For each served queue with room: the queues it draws from, and how many."""
+        known = {*self._ready, *self._scheduled}
+        for name, limit in limits.items():
+            if limit <= 0:
+                continue
+            if name == DEFAULT_QUEUE:
+                queues = [q for q in known if q == DEFAULT_QUEUE or q not in limits]
+            else:
+                queues = [name] if name in known else []
+            yield [q for q in queues if not self._paused.get(q, False)], limit
+
+    def _take_due(self, queues: list[str], limit: int, now: datetime) -> Iterator[Job]:
+        """Up to `limit` due jobs from these queues, in claim order, popped from their heaps."""
+        for queue in queues:
+            self._promote_due(queue, now)
+        for _ in range(limit):
+            best: list[tuple[datetime, int, datetime]] | None = None
+            for queue in queues:
+                heap = self._ready[queue]
+                while heap and not self._is_current(heap[0][1], heap[0][2]):
+                    heapq.heappop(heap)
+                if heap and (best is None or heap[0] < best[0]):
+                    best = heap
+            if best is None:
+                return
+            yield self._jobs[heapq.heappop(best)[1]]
+
+    def _promote_due(self, queue: str, now: datetime) -> None:
+        """Move the queue's jobs that have become due from its scheduled heap to its ready one."""
+        scheduled = self._scheduled[queue]
+        while scheduled and scheduled[0][0] <= now:
+            run_at, job_id = heapq.heappop(scheduled)
+            if self._is_current(job_id, run_at):
+                job = self._jobs[job_id]
+                heapq.heappush(self._ready[queue], (self._claim_at(job), job_id, run_at))
+
+    def _is_current(self, job_id: int, run_at: datetime) -> bool:
+        """Whether a heap entry still stands for a queued job (jobs move on, entries stay)."""
+        job = self._jobs[job_id]
+        return job.status is JobStatus.QUEUED and job.run_at == run_at
+
+    def _newest_first(self, where: JobFilter) -> Iterable[int]:
+        """Ids to look through for `where`, newest first: the shortest list that has them."""
+        total = len(self._jobs)
+        lists: list[Sequence[int]] = [range(1, total + 1)]
+        if where.queue is not None:
+            lists.append(self._by_queue.get(where.queue, []))
+        if where.task is not None:
+            lists.append(self._by_task.get(where.task, []))
+        shortest = min(lists, key=len)
+        if where.status is not None:
+            in_status = self._by_status[where.status]
+            if len(in_status) < len(shortest) and len(in_status) * DENSE_SHARE < total:
+                return sorted(in_status, reverse=True)
+        return reversed(shortest)
+
+    @staticmethod
+    def _matches(job: Job, where: JobFilter) -> bool:
+        return (
+            (where.status is None or job.status is where.status)
+            and (where.queue is None or job.queue == where.queue)
+            and (where.task is None or job.task_name == where.task)
+        )
 
     def _running(self, job: Job) -> Job:
         stored = self._jobs[job.id]
@@ -142,10 +290,29 @@ class MemoryJobStore:
             raise ValueError(f"job {job.id} is {stored.status}, not running")
         return stored
 
+    def _claim_at(self, job: Job) -> datetime:
+        return job.run_at + job.priority * self._aging
+
     def _enqueue(self, job: Job) -> None:
-        heapq.heappush(self._due, (job.run_at, job.id))
+        heapq.heappush(self._scheduled[job.queue], (job.run_at, job.id))
+
+    def _finish(self, job: Job, status: JobStatus) -> None:
+        self._move(job, status)
+        job.finished_at = self._clock.now()
 
     def _move(self, job: Job, status: JobStatus) -> None:
-        self._counts[job.status] -= 1
-        self._counts[status] += 1
+        self._by_status[job.status].discard(job.id)
+        self._by_status[status].add(job.id)
+        counts = self._queue_counts[job.queue]
+        counts[job.status] -= 1
+        counts[status] += 1
         job.status = status
+        if job.unique_key is not None:
+            if status in UNIQUE_WHILE:
+                self._unique[job.unique_key] = job.id
+            elif self._unique.get(job.unique_key) == job.id:
+                del self._unique[job.unique_key]
+
+    def _wake(self) -> None:
+        for notify in self._listeners:
+            notify()
