@@ -14,7 +14,7 @@ import time
 {%- if cookiecutter.job_store == "postgres" %}
 import uuid
 {%- endif %}
-from collections.abc import AsyncIterator, Awaitable, Callable{% if cookiecutter.job_store == "postgres" %}, Iterator{% endif %}
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence{% if cookiecutter.job_store == "postgres" %}, Iterator{% endif %}
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,7 +30,8 @@ from fastapi import FastAPI
 import {{ cookiecutter.package_name }}
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.jobs.clock import Clock
-from {{ cookiecutter.package_name }}.jobs.store import JobStore, make_store
+from {{ cookiecutter.package_name }}.jobs.model import Job
+from {{ cookiecutter.package_name }}.jobs.store import JobStore, NewJob, make_store
 from {{ cookiecutter.package_name }}.settings import Settings
 
 START = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
@@ -92,6 +93,20 @@ def stop(process: "subprocess.Popen[bytes]") -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+async def enqueue(store: JobStore, new_job: NewJob) -> Job:
+    """Insert a job the store must create, and return it."""
+    job, created = await store.insert_job(new_job)
+    assert created
+    return job
+
+
+async def enqueue_all(store: JobStore, new_jobs: Sequence[NewJob]) -> list[Job]:
+    """Insert jobs the store must all create, in one transaction, and return them."""
+    enqueued = await store.insert_all_jobs(new_jobs)
+    assert all(created for _, created in enqueued)
+    return [job for job, _ in enqueued]
 
 
 def free_port() -> int:

@@ -16,7 +16,7 @@ from {{ cookiecutter.package_name }}.jobs.model import JobStatus
 from {{ cookiecutter.package_name }}.jobs.store import JobStore, NewJob
 from {{ cookiecutter.package_name }}.settings import Settings
 
-from .conftest import SettingsFactory, serve, wait_until
+from .conftest import SettingsFactory, enqueue_all, serve, wait_until
 
 MAX_BODY_BYTES = 65_536
 JOB_KEYS = {
@@ -25,6 +25,10 @@ JOB_KEYS = {
     "status",
     "attempt",
     "max_attempts",
+    "queue",
+    "priority",
+    "unique_key",
+    "cancel_requested",
     "run_at",
     "inserted_at",
     "started_at",
@@ -171,14 +175,14 @@ async def test_stats_counts_jobs_by_status(client: httpx.AsyncClient) -> None:
     empty = await client.get("/stats")
     assert (empty.status_code, empty.json()) == (
         200,
-        {"queued": 0, "running": 0, "done": 0, "failed": 0, "total": 0},
+        {"queued": 0, "running": 0, "done": 0, "failed": 0, "cancelled": 0, "total": 0},
     )
 
     for _ in range(3):
         await submit(client)
 
     stats = (await client.get("/stats")).json()
-    assert stats == {"queued": 3, "running": 0, "done": 0, "failed": 0, "total": 3}
+    assert stats == {"queued": 3, "running": 0, "done": 0, "failed": 0, "cancelled": 0, "total": 3}
 
 
 async def test_stats_follow_jobs_as_they_finish(worker_client: httpx.AsyncClient) -> None:
@@ -188,7 +192,7 @@ async def test_stats_follow_jobs_as_they_finish(worker_client: httpx.AsyncClient
         await wait_for_job(worker_client, job_id)
 
     stats = (await worker_client.get("/stats")).json()
-    assert stats == {"queued": 0, "running": 0, "done": 2, "failed": 1, "total": 3}
+    assert stats == {"queued": 0, "running": 0, "done": 2, "failed": 1, "cancelled": 0, "total": 3}
 
 
 # --- POST /jobs
@@ -457,7 +461,7 @@ async def test_list_is_newest_first(client: httpx.AsyncClient) -> None:
 
 async def test_list_filters_by_status(client: httpx.AsyncClient, app_store: JobStore) -> None:
     ids = [await submit(client, {"n": n}) for n in range(4)]
-    claimed = await app_store.fetch_jobs(2)
+    claimed = await app_store.fetch_jobs({"default": 2})
     await app_store.complete_job(claimed[0], None)
 
     assert await listed_ids(client, "?status=queued") == [ids[3], ids[2]]
@@ -478,7 +482,7 @@ async def test_list_pages_with_page_and_per_page(client: httpx.AsyncClient) -> N
 async def test_list_shows_50_per_page_by_default_and_at_most_200(
     client: httpx.AsyncClient, app_store: JobStore
 ) -> None:
-    await app_store.insert_all_jobs([NewJob(payload={"n": n}) for n in range(205)])
+    await enqueue_all(app_store, [NewJob(payload={"n": n}) for n in range(205)])
 
     assert len(await listed_ids(client)) == 50
     assert len(await listed_ids(client, "?per_page=200")) == 200

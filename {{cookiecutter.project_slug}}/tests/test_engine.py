@@ -5,7 +5,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -14,19 +14,28 @@ import pytest
 from {{ cookiecutter.package_name }}.events import EventBus
 from {{ cookiecutter.package_name }}.jobs.clock import Clock, SystemClock
 from {{ cookiecutter.package_name }}.jobs.engine import Engine
-from {{ cookiecutter.package_name }}.jobs.model import Job, JobStatus
+from {{ cookiecutter.package_name }}.jobs.model import DEFAULT_QUEUE, Job, JobStatus
 from {{ cookiecutter.package_name }}.jobs.registry import TaskRegistry
-from {{ cookiecutter.package_name }}.jobs.store import JobStore, NewJob, StoreUnavailable
+from {{ cookiecutter.package_name }}.jobs.store import (
+    Enqueued,
+    JobFilter,
+    JobStore,
+    NewJob,
+    QueueCounts,
+    StoreUnavailable,
+)
 
-from .conftest import ManualClock, StoreOpener, wait_until
+from .conftest import ManualClock, StoreOpener, enqueue, enqueue_all, wait_until
 
-QUEUED, RUNNING, DONE, FAILED = JobStatus
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = JobStatus
 EngineStarter = Callable[..., Awaitable[Engine]]
 
 
 @pytest.fixture
 async def start_engine(open_store: StoreOpener, clock: ManualClock) -> AsyncIterator[EngineStarter]:
     """`await start_engine(store, registry, **options)`: a started engine, stopped afterwards.
+
+    `pool_size` is the default queue's limit, unless `queues` gives every queue's.
 
     Backoff defaults to 10 s (capped at 1000 s), so on the manual clock a failed job waits
     for the test to move time on.
@@ -38,6 +47,7 @@ async def start_engine(open_store: StoreOpener, clock: ManualClock) -> AsyncIter
         registry: TaskRegistry,
         *,
         pool_size: int = 2,
+        queues: dict[str, int] | None = None,
         backoff_base: float = 10.0,
         backoff_max: float = 1000.0,
         engine_clock: Clock | None = None,
@@ -47,7 +57,7 @@ async def start_engine(open_store: StoreOpener, clock: ManualClock) -> AsyncIter
             store,
             registry,
             engine_clock or clock,
-            pool_size=pool_size,
+            queues=queues or {DEFAULT_QUEUE: pool_size},
             backoff_base=backoff_base,
             backoff_max=backoff_max,
             events=events,
@@ -119,14 +129,17 @@ class StoreWrapper:
     def subscribe(self, on_new_jobs: Callable[[], None]) -> None:
         self.inner.subscribe(on_new_jobs)
 
-    async def insert_job(self, new_job: NewJob) -> Job:
+    def subscribe_cancellations(self, on_cancel: Callable[[int], None]) -> None:
+        self.inner.subscribe_cancellations(on_cancel)
+
+    async def insert_job(self, new_job: NewJob) -> Enqueued:
         return await self.inner.insert_job(new_job)
 
-    async def insert_all_jobs(self, new_jobs: Sequence[NewJob]) -> list[Job]:
+    async def insert_all_jobs(self, new_jobs: Sequence[NewJob]) -> list[Enqueued]:
         return await self.inner.insert_all_jobs(new_jobs)
 
-    async def fetch_jobs(self, limit: int) -> list[Job]:
-        return await self.inner.fetch_jobs(limit)
+    async def fetch_jobs(self, limits: Mapping[str, int]) -> list[Job]:
+        return await self.inner.fetch_jobs(limits)
 
     async def complete_job(self, job: Job, result: Any) -> None:
         await self.inner.complete_job(job, result)
@@ -140,17 +153,35 @@ class StoreWrapper:
     async def rescue_orphaned_jobs(self) -> int:
         return await self.inner.rescue_orphaned_jobs()
 
-    async def next_run_at(self) -> datetime | None:
-        return await self.inner.next_run_at()
+    async def cancel_job(self, job_id: int) -> Job | None:
+        return await self.inner.cancel_job(job_id)
+
+    async def cancel_requested_among(self, job_ids: Sequence[int]) -> list[int]:
+        return await self.inner.cancel_requested_among(job_ids)
+
+    async def retry_job(self, job_id: int) -> Job | None:
+        return await self.inner.retry_job(job_id)
+
+    async def next_run_at(self, limits: Mapping[str, int]) -> datetime | None:
+        return await self.inner.next_run_at(limits)
 
     async def get_job(self, job_id: int) -> Job | None:
         return await self.inner.get_job(job_id)
 
-    async def list_jobs(self, status: JobStatus | None, limit: int, offset: int) -> list[Job]:
-        return await self.inner.list_jobs(status, limit, offset)
+    async def list_jobs(self, where: JobFilter, limit: int, offset: int) -> list[Job]:
+        return await self.inner.list_jobs(where, limit, offset)
 
     async def count_jobs(self) -> dict[JobStatus, int]:
         return await self.inner.count_jobs()
+
+    async def list_queues(self) -> list[QueueCounts]:
+        return await self.inner.list_queues()
+
+    async def pause_queue(self, name: str) -> None:
+        await self.inner.pause_queue(name)
+
+    async def resume_queue(self, name: str) -> None:
+        await self.inner.resume_queue(name)
 
 
 class FlakyStore(StoreWrapper):
@@ -160,11 +191,11 @@ class FlakyStore(StoreWrapper):
         super().__init__(inner)
         self.failures_left = failures
 
-    async def fetch_jobs(self, limit: int) -> list[Job]:
+    async def fetch_jobs(self, limits: Mapping[str, int]) -> list[Job]:
         if self.failures_left > 0:
             self.failures_left -= 1
             raise StoreUnavailable("database is away")
-        return await self.inner.fetch_jobs(limit)
+        return await self.inner.fetch_jobs(limits)
 
 
 class SlowClaimStore(StoreWrapper):
@@ -178,8 +209,8 @@ class SlowClaimStore(StoreWrapper):
         self.answer = asyncio.Event()
         self.claimed: list[Job] = []
 
-    async def fetch_jobs(self, limit: int) -> list[Job]:
-        claimed = await self.inner.fetch_jobs(limit)
+    async def fetch_jobs(self, limits: Mapping[str, int]) -> list[Job]:
+        claimed = await self.inner.fetch_jobs(limits)
         if claimed:
             self.claimed.extend(claimed)
             await self.answer.wait()
@@ -194,7 +225,7 @@ async def test_a_job_without_a_handler_of_its_own_completes_with_the_default_res
 ) -> None:
     await start_engine(store, TaskRegistry())
 
-    job = await store.insert_job(NewJob(payload={"task": "process_data", "value": 42}))
+    job = await enqueue(store, NewJob(payload={"task": "process_data", "value": 42}))
     done = await wait_for_status(store, job)
 
     assert done.status is DONE
@@ -225,8 +256,8 @@ async def test_sync_and_async_handlers_receive_the_job_and_their_result_is_store
         return [job.payload["value"] * 2]
 
     await start_engine(store, registry)
-    sync_job, async_job = await store.insert_all_jobs(
-        [task_job("double_sync", value=21), task_job("double_async", value=4)]
+    sync_job, async_job = await enqueue_all(
+        store, [task_job("double_sync", value=21), task_job("double_async", value=4)]
     )
 
     sync_done = await wait_for_status(store, sync_job)
@@ -250,9 +281,9 @@ async def test_a_blocking_sync_handler_does_not_hold_up_async_jobs(
 
     try:
         await start_engine(store, registry, pool_size=2)
-        blocked = await store.insert_job(task_job("block"))
+        blocked = await enqueue(store, task_job("block"))
         await wait_for_status(store, blocked, RUNNING)
-        quick = await store.insert_job(task_job("anything"))
+        quick = await enqueue(store, task_job("anything"))
 
         assert (await wait_for_status(store, quick)).status is DONE
         assert (await job_now(store, blocked)).status is RUNNING
@@ -274,7 +305,7 @@ async def test_a_failing_job_is_retried_with_exponential_backoff_then_fails(
         raise RuntimeError(f"boom {job.attempt}")
 
     engine = await start_engine(store, registry, backoff_base=10.0, backoff_max=1000.0)
-    job = await store.insert_job(NewJob(payload={"task": "boom"}, max_attempts=3))
+    job = await enqueue(store, NewJob(payload={"task": "boom"}, max_attempts=3))
 
     for attempt, delay in [(1, 10.0), (2, 20.0)]:
         retried = await wait_for_errors(store, job, attempt)
@@ -303,12 +334,12 @@ async def test_a_retry_is_not_run_before_its_backoff_has_passed(
         raise RuntimeError("boom")
 
     engine = await start_engine(store, registry, backoff_base=10.0)
-    job = await store.insert_job(task_job("boom"))
+    job = await enqueue(store, task_job("boom"))
     await wait_for_errors(store, job, 1)
 
     clock.advance(8.9)  # less than the shortest backoff, 10 s less 10% jitter
     engine.wake()
-    marker = await store.insert_job(task_job("marker"))
+    marker = await enqueue(store, task_job("marker"))
     await wait_for_status(store, marker)
 
     assert (await job_now(store, job)).attempt == 1
@@ -330,7 +361,7 @@ async def test_a_handler_that_exceeds_its_timeout_fails_the_attempt(
 
     try:
         await start_engine(store, registry)
-        jobs = await store.insert_all_jobs([last_attempt("slow_async"), last_attempt("slow_sync")])
+        jobs = await enqueue_all(store, [last_attempt("slow_async"), last_attempt("slow_sync")])
         for job in jobs:
             timed_out = await wait_for_status(store, job)
             assert timed_out.status is FAILED
@@ -349,7 +380,7 @@ async def test_a_result_that_is_not_json_serialisable_fails_the_attempt(
         return {"values": {1, 2, 3}}
 
     await start_engine(store, registry)
-    job = await store.insert_job(last_attempt("set_result"))
+    job = await enqueue(store, last_attempt("set_result"))
 
     failed = await wait_for_status(store, job)
     assert failed.status is FAILED
@@ -378,13 +409,13 @@ async def test_a_handler_raising_any_exception_fails_its_job_and_the_engine_runs
         raise exception
 
     engine = await start_engine(store, registry)
-    job = await store.insert_job(last_attempt(f"raise_{kind}"))
+    job = await enqueue(store, last_attempt(f"raise_{kind}"))
 
     failed = await wait_for_status(store, job)
     assert failed.status is FAILED
     assert failed.errors == [f"{type(exception).__name__}: {exception}"]
 
-    later = await store.insert_job(task_job("later"))
+    later = await enqueue(store, task_job("later"))
     assert (await wait_for_status(store, later)).status is DONE
     assert engine.is_running
 
@@ -401,7 +432,7 @@ async def test_a_sync_handler_raising_stop_iteration_fails_its_job(
         return next(n for n in [1, 3, 5] if n % 2 == 0)
 
     await start_engine(store, registry)
-    job = await store.insert_job(last_attempt("first_match"))
+    job = await enqueue(store, last_attempt("first_match"))
 
     failed = await wait_for_status(store, job, timeout=2)
     assert failed.status is FAILED
@@ -432,10 +463,10 @@ async def main():
     clock = SystemClock()
     store = make_store(load_settings(), clock)
     await store.open()
-    engine = Engine(store, registry, clock, pool_size=2, backoff_base=1, backoff_max=1)
+    engine = Engine(store, registry, clock, queues={"default": 2}, backoff_base=1, backoff_max=1)
     await engine.start()
-    escaping = await store.insert_job(NewJob(payload={"task": "escape"}, max_attempts=1))
-    later = await store.insert_job(NewJob(payload={"task": "later"}))
+    escaping, _ = await store.insert_job(NewJob(payload={"task": "escape"}, max_attempts=1))
+    later, _ = await store.insert_job(NewJob(payload={"task": "later"}))
     for _ in range(500):
         jobs = [await store.get_job(job.id) for job in (escaping, later)]
         if all(job.status in ("done", "failed") for job in jobs):
@@ -495,7 +526,7 @@ async def test_the_engine_never_runs_more_jobs_at_once_than_its_pool_size(
         finally:
             running -= 1
 
-    await store.insert_all_jobs([task_job("wait_for_gate") for _ in range(10)])
+    await enqueue_all(store, [task_job("wait_for_gate") for _ in range(10)])
     engine = await start_engine(store, registry, pool_size=3)
 
     await wait_until(lambda: started == 3, message="three jobs to start")
@@ -531,7 +562,7 @@ async def test_a_new_job_wakes_an_idle_engine_at_once(
     await asyncio.sleep(0.2)
 
     submitted = time.monotonic()
-    await store.insert_job(task_job("note_start"))
+    await enqueue(store, task_job("note_start"))
     await wait_until(lambda: bool(started), timeout=2, message="the job to start")
 
     assert started[0] - submitted < 0.5
@@ -542,13 +573,13 @@ async def test_a_scheduled_job_does_not_run_before_its_run_at(
 ) -> None:
     engine = await start_engine(store, TaskRegistry())
     run_at = clock.now() + timedelta(seconds=60)
-    scheduled = await store.insert_job(NewJob(payload={"n": 1}, run_at=run_at))
+    scheduled = await enqueue(store, NewJob(payload={"n": 1}, run_at=run_at))
 
     for seconds in (0, 59.999):
         clock.advance(seconds)
         engine.wake()
         # A job inserted later that did run proves the engine has looked at the queue.
-        marker = await store.insert_job(NewJob(payload={"marker": seconds}))
+        marker = await enqueue(store, NewJob(payload={"marker": seconds}))
         await wait_for_status(store, marker)
         waiting = await job_now(store, scheduled)
         assert (waiting.status, waiting.attempt) == (QUEUED, 0)
@@ -569,7 +600,7 @@ async def test_a_scheduled_job_starts_within_100_ms_of_its_run_at(
     await start_engine(store, TaskRegistry(), engine_clock=wall_clock)
 
     run_at = wall_clock.now() + timedelta(seconds=0.3)
-    job = await store.insert_job(NewJob(payload={}, run_at=run_at))
+    job = await enqueue(store, NewJob(payload={}, run_at=run_at))
 
     done = await wait_for_status(store, job, timeout=5)
     assert done.started_at is not None
@@ -600,13 +631,13 @@ async def test_stop_lets_a_short_job_finish_and_releases_a_long_one_unspent(
             raise
 
     engine = await start_engine(store, registry, pool_size=2)
-    short_job, long_job = await store.insert_all_jobs([task_job("short"), task_job("long")])
+    short_job, long_job = await enqueue_all(store, [task_job("short"), task_job("long")])
     await wait_for_status(store, short_job, RUNNING)
     await wait_for_status(store, long_job, RUNNING)
 
     stopping = asyncio.create_task(engine.stop(0.5))
     await wait_until(lambda: not engine.is_running, message="the engine to stop claiming")
-    after_stop = await store.insert_job(task_job("short"))
+    after_stop = await enqueue(store, task_job("short"))
     short_may_finish.set()
     await asyncio.wait_for(stopping, timeout=5)
 
@@ -632,7 +663,7 @@ async def test_stop_releases_a_job_whose_claim_completes_while_stopping(
 
     slow = SlowClaimStore(store)
     engine = await start_engine(slow, registry)
-    job = await store.insert_job(task_job("hold"))
+    job = await enqueue(store, task_job("hold"))
     await wait_until(lambda: bool(slow.claimed), message="the claim to be made")
 
     stopping = asyncio.create_task(engine.stop(0.2))
@@ -648,7 +679,7 @@ async def test_the_engine_reports_not_running_while_the_store_fails_and_recovers
     store: JobStore, start_engine: EngineStarter
 ) -> None:
     flaky = FlakyStore(store, failures=2)
-    job = await store.insert_job(task_job("anything"))
+    job = await enqueue(store, task_job("anything"))
 
     engine = await start_engine(flaky, TaskRegistry())
     await wait_until(lambda: not engine.is_running, message="the engine to notice the failure")
@@ -656,5 +687,5 @@ async def test_the_engine_reports_not_running_while_the_store_fails_and_recovers
 
     await wait_until(lambda: engine.is_running, timeout=5, message="the engine to recover")
     assert (await wait_for_status(store, job)).status is DONE
-    later = await store.insert_job(task_job("anything"))
+    later = await enqueue(store, task_job("anything"))
     assert (await wait_for_status(store, later)).status is DONE

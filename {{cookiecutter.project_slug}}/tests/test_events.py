@@ -28,7 +28,7 @@ from {{ cookiecutter.package_name }}.jobs.store import JobStore, NewJob
 from {{ cookiecutter.package_name }}.logs import JsonFormatter, log_job_events
 from {{ cookiecutter.package_name }}.settings import Settings
 
-from .conftest import StoreOpener, serve, wait_until
+from .conftest import StoreOpener, enqueue_all, serve, wait_until
 
 
 def recorder(events: EventBus, *event_types: type[Any]) -> list[Any]:
@@ -59,7 +59,7 @@ async def run_jobs(store: JobStore, events: EventBus, *new_jobs: NewJob) -> list
         store,
         flaky_registry(),
         SystemClock(),
-        pool_size=2,
+        queues={"default": 2},
         backoff_base=60,
         backoff_max=60,
         events=events,
@@ -67,7 +67,7 @@ async def run_jobs(store: JobStore, events: EventBus, *new_jobs: NewJob) -> list
     outcomes = recorder(events, JobStopped, JobErrored)
     await engine.start()
     try:
-        jobs = await store.insert_all_jobs(list(new_jobs))
+        jobs = await enqueue_all(store, list(new_jobs))
         await wait_until(lambda: len(outcomes) == len(jobs))
     finally:
         await engine.stop(0)

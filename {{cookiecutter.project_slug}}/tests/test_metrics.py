@@ -194,7 +194,12 @@ async def test_labels_stay_few_under_ten_thousand_task_names(client: httpx.Async
     assert series(samples, "jobs_enqueued_total") == [{"task": "default"}]
     finished = series(samples, "jobs_finished_total")
     assert {labels["task"] for labels in finished} == {"default"}
-    assert {labels["outcome"] for labels in finished} == {"done", "retried", "failed"}
+    assert {labels["outcome"] for labels in finished} == {
+        "done",
+        "retried",
+        "failed",
+        "cancelled",
+    }
     assert value(samples, "jobs_finished_total", task="default", outcome="done") == len(names)
     requests = series(samples, "http_requests_total")
     # Paths no route has are not counted; probes and scrapes neither.

@@ -97,6 +97,16 @@ def test_keyword_overrides_win_over_the_environment(monkeypatch: pytest.MonkeyPa
     assert Settings(worker_pool_size=2).worker_pool_size == 2
 
 
+def test_queues_name_each_served_queue_and_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("QUEUES", " default=4, emails=2 ,reports=1")
+
+    settings = load_settings()
+
+    assert settings.queue_limits == {"default": 4, "emails": 2, "reports": 1}
+    monkeypatch.delenv("QUEUES")
+    assert Settings(worker_pool_size=7).queue_limits == {"default": 7}
+
+
 @pytest.mark.parametrize(
     ("variable", "value"),
     [
@@ -114,6 +124,13 @@ def test_keyword_overrides_win_over_the_environment(monkeypatch: pytest.MonkeyPa
         ("START_WORKERS", "2"),
         ("LOG_LEVEL", "loud"),
         ("POLL_INTERVAL", "0"),
+        ("QUEUES", "default"),
+        ("QUEUES", "default=two"),
+        ("QUEUES", "default=0"),
+        ("QUEUES", "Emails=2"),
+        ("QUEUES", ","),
+        ("QUEUES", "default=2,emails=2000"),
+        ("PRIORITY_AGING_SECONDS", "-1"),
 {%- if cookiecutter.job_store == "postgres" %}
         ("DATABASE_URL", "mysql://localhost/jobs"),
         ("DATABASE_NOTIFY", "sometimes"),

@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from .about import DESCRIPTION, TITLE
-from .api import jobs, system
+from .api import jobs, queues, system
 from .api.body_limit import BodySizeLimitMiddleware
 from .api.errors import document_validation_errors_as_400, install_error_handlers
 from .api.request_events import RequestEventsMiddleware
@@ -43,7 +43,7 @@ def create_app(
             store,
             registry,
             clock,
-            pool_size=settings.worker_pool_size,
+            queues=settings.queue_limits,
             backoff_base=settings.retry_backoff_base,
             backoff_max=settings.retry_backoff_max,
             poll_interval=settings.poll_interval,
@@ -94,6 +94,7 @@ def create_app(
     # and Prometheus{% endif %}.
     if settings.start_http:
         app.include_router(jobs.router)
+        app.include_router(queues.router)
     app.include_router(system.router)
 {%- if cookiecutter.use_metrics == "yes" %}
     service_metrics.instrument_app(app)

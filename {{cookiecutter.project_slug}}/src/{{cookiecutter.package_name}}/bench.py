@@ -2,8 +2,8 @@
 
 Measures, on this machine and with this render's job store:
   1. POST /jobs throughput and latency against the real server, next to a bare endpoint in
-     the same app that parses and validates the same body but stores nothing, and the
-     latency of one client sending one request at a time;
+     the same app that parses and validates the same body but stores nothing, the
+     latency of one client sending one request at a time, and POST /jobs/bulk's jobs/s;
   2. end-to-end throughput of no-op jobs: enqueue N, run them all to completion;
   3. wake-up latency of an idle engine: from the insert of one job to its handler starting;
   4. GET /jobs?page=N and GET /stats with a large store (--large-store, default 1,000,000).
@@ -61,6 +61,8 @@ TURNS = 10
 # Exit codes of a service process that stopped as asked.
 STOPPED = (0, -signal.SIGTERM)
 JOB_BODY = b'{"payload": {"task": "noop", "value": 42}}'
+BULK_SIZE = 1000
+BULK_BODY = json.dumps({"jobs": [{"payload": {"task": "noop", "n": n}} for n in range(BULK_SIZE)]})
 {%- if cookiecutter.job_store != "memory" %}
 # Ingest alone (an API-only process), then the usual process that also runs the jobs.
 WORKER_MODES = (False, True)
@@ -197,6 +199,14 @@ def bench_http(requests: int, connections: int, *, workers: bool) -> None:
             f"  one client, one request at a time: {len(answered) / took:6.0f} req/s"
             f"   p50 {p50:6.2f} ms   p99 {p99:6.2f} ms"
         )
+        bulk_requests = max(requests // 500, 4)
+        body = BULK_BODY.encode()
+        took, answered = asyncio.run(post_load(port, "/jobs/bulk", bulk_requests, 2, body))
+        print(
+            f"  /jobs/bulk, {BULK_SIZE} jobs a request, 2 connections:"
+            f" {len(answered) * BULK_SIZE / took:8.0f} jobs/s"
+            f"   p50 {percentile(answered, 50):6.2f} ms"
+        )
 
 
 @contextmanager
@@ -234,13 +244,13 @@ def wait_until_idle(port: int) -> None:
 
 
 async def post_load(
-    port: int, path: str, requests: int, connections: int
+    port: int, path: str, requests: int, connections: int, body: bytes = JOB_BODY
 ) -> tuple[float, list[float]]:
     """POST `requests` times over keep-alive connections: elapsed seconds, latencies in ms."""
     request = (
         f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(JOB_BODY)}\r\n\r\n"
-    ).encode() + JOB_BODY
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
     remaining = requests
     latencies: list[float] = []
 
@@ -306,7 +316,7 @@ async def bench_wakeup(samples: int) -> None:
         for _ in range(samples):
             await asyncio.sleep(0.005)  # let the engine go idle
             inserted = time.perf_counter()
-            job = await store.insert_job(NewJob(payload={"task": "probe"}))
+            job, _ = await store.insert_job(NewJob(payload={"task": "probe"}))
             while job.id not in started_at:
                 await asyncio.sleep(0.0005)
             latencies.append((started_at[job.id] - inserted) * 1000)
@@ -348,7 +358,7 @@ async def bench_cross_instance_wakeup(samples: int) -> None:
         for _ in range(samples):
             await asyncio.sleep(0.005)  # let the other instance go idle
             inserted = clock.now()
-            job = await store.insert_job(NewJob(payload={"task": "noop"}))
+            job, _ = await store.insert_job(NewJob(payload={"task": "noop"}))
             while (started := await store.get_job(job.id)) is None or not started.started_at:
                 await asyncio.sleep(0.0005)
             latencies.append((started.started_at - inserted).total_seconds() * 1000)
@@ -412,8 +422,13 @@ async def bench_large_store(count: int) -> None:
     async with app.router.lifespan_context(app):
         store: JobStore = app.state.store
         for first in range(0, count, 10_000):
+            # A few queues and tasks, for the filtered listings below.
             batch = [
-                NewJob(payload={"task": "noop", "n": first + n}, run_at=later)
+                NewJob(
+                    payload={"task": f"task-{(first + n) % 7}", "n": first + n},
+                    queue=f"queue-{(first + n) % 5}",
+                    run_at=later,
+                )
                 for n in range(min(10_000, count - first))
             ]
             await store.insert_all_jobs(batch)
@@ -426,7 +441,12 @@ async def bench_large_store(count: int) -> None:
             f"/jobs?page={last_page}",
             f"/jobs?status=queued&page={last_page // 2}",
             "/jobs?status=done",
+            "/jobs?queue=queue-3",
+            "/jobs?task=task-4",
+            "/jobs?status=queued&queue=queue-3&task=task-4",
+            "/jobs?queue=queue-3&task=nothing",
             f"/jobs/{count // 2}",
+            "/queues",
         ):
             timings = []
             for _ in range(7):

@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 
 class JobEnqueued(NamedTuple):
-    """A job was stored by POST /jobs or /jobs/schedule."""
+    """A job was stored by POST /jobs, /jobs/schedule or /jobs/bulk."""
 
     job: Job
     task: str  # the registered task that will run it, "default" for the default handler
@@ -66,6 +66,15 @@ class JobErrored(NamedTuple):
     retry_at: datetime | None  # when the next attempt is due; None: out of attempts, failed
 
 
+class JobCancelled(NamedTuple):
+    """A job ended cancelled: before it started (POST /jobs/{id}/cancel on a queued job), or
+    when its handler returned or raised after a cancel was asked for."""
+
+    job: Job
+    task: str
+    duration: float | None  # seconds the handler ran; None: it never started
+
+
 class RequestStarted(NamedTuple):
     """An HTTP request arrived."""
 
@@ -91,8 +100,25 @@ class RequestStopped(NamedTuple):
         return Request(self.scope)
 
 
-Event = JobEnqueued | JobStarted | JobStopped | JobErrored | RequestStarted | RequestStopped
-E = TypeVar("E", JobEnqueued, JobStarted, JobStopped, JobErrored, RequestStarted, RequestStopped)
+Event = (
+    JobEnqueued
+    | JobStarted
+    | JobStopped
+    | JobErrored
+    | JobCancelled
+    | RequestStarted
+    | RequestStopped
+)
+E = TypeVar(
+    "E",
+    JobEnqueued,
+    JobStarted,
+    JobStopped,
+    JobErrored,
+    JobCancelled,
+    RequestStarted,
+    RequestStopped,
+)
 
 
 class EventBus:

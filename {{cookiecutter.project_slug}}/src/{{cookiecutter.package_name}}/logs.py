@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from .events import EventBus, JobErrored, JobStarted, JobStopped
+from .events import EventBus, JobCancelled, JobErrored, JobStarted, JobStopped
 from .jobs.clock import isoformat_z
 
 TEXT_FORMAT = "%(asctime)s [%(levelname)s] %(message)s"
@@ -42,10 +42,11 @@ def configure_logging(level: str, log_format: str = "text") -> None:
 
 
 def log_job_events(events: EventBus) -> None:
-    """Log a line when a job starts, completes and fails, as the original service did."""
+    """Log a line when a job starts, completes, fails or is cancelled, as the original did."""
     events.subscribe(JobStarted, _log_started)
     events.subscribe(JobStopped, _log_stopped)
     events.subscribe(JobErrored, _log_errored)
+    events.subscribe(JobCancelled, _log_cancelled)
 
 
 def _log_started(event: JobStarted) -> None:
@@ -72,5 +73,10 @@ def _log_errored(event: JobErrored) -> None:
     )
 
 
-def _fields(event: JobStarted | JobStopped | JobErrored) -> dict[str, Any]:
+def _log_cancelled(event: JobCancelled) -> None:
+    when = "before it started" if event.duration is None else f"after {event.duration:.3f}s"
+    logger.warning("Job %d cancelled %s", event.job.id, when, extra=_fields(event))
+
+
+def _fields(event: JobStarted | JobStopped | JobErrored | JobCancelled) -> dict[str, Any]:
     return {"job_id": event.job.id, "task": event.task, "attempt": event.job.attempt}

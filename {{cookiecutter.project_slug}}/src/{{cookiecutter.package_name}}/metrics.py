@@ -22,7 +22,7 @@ from prometheus_fastapi_instrumentator import Instrumentator
 from prometheus_fastapi_instrumentator.metrics import latency, requests
 
 from .api.deps import StoreDep
-from .events import EventBus, JobEnqueued, JobErrored, JobStarted, JobStopped
+from .events import EventBus, JobCancelled, JobEnqueued, JobErrored, JobStarted, JobStopped
 from .jobs.engine import Engine
 from .jobs.model import JobStatus
 from .jobs.store import StoreUnavailable
@@ -46,6 +46,7 @@ class TaskSeries:
     done: Counter
     retried: Counter
     failed: Counter
+    cancelled: Counter
     run_seconds: Histogram
     queue_wait: Histogram
 
@@ -66,7 +67,8 @@ class ServiceMetrics:
         )
         self.finished = Counter(
             "jobs_finished_total",
-            "Job attempts that ended, by task and outcome: done, retried or failed.",
+            "Job attempts that ended, by task and outcome: done, retried, failed or cancelled"
+            " (a queued job cancelled before it started counts as cancelled too).",
             ["task", "outcome"],
             registry=self.registry,
         )
@@ -101,7 +103,7 @@ class ServiceMetrics:
         )
         self.workers = Gauge(
             "job_workers",
-            "Jobs that may run at once (WORKER_POOL_SIZE of each process running workers).",
+            "Jobs that may run at once (QUEUES or WORKER_POOL_SIZE of each process with workers).",
             multiprocess_mode="livesum",
             registry=self.registry,
         )
@@ -137,6 +139,8 @@ class ServiceMetrics:
     def subscribe(self, events: EventBus, engine: Engine | None) -> None:
         """Start counting what `events` reports; `engine` is this process's, if it runs one."""
         events.subscribe(JobEnqueued, self._on_enqueued)
+        # The API cancels queued jobs, so a process without workers counts those.
+        events.subscribe(JobCancelled, self._on_cancelled)
         if engine is None:
             return
         self.workers.set(engine.pool_size)
@@ -151,6 +155,7 @@ class ServiceMetrics:
             events.subscribe(JobStarted, count_busy)
             events.subscribe(JobStopped, count_busy)
             events.subscribe(JobErrored, count_busy)
+            events.subscribe(JobCancelled, count_busy)
         else:
             self.busy_workers.set_function(lambda: engine.busy_workers)
 
@@ -187,6 +192,12 @@ class ServiceMetrics:
         (series.failed if event.retry_at is None else series.retried).inc()
         series.run_seconds.observe(event.duration)
 
+    def _on_cancelled(self, event: JobCancelled) -> None:
+        series = self._series(event.task)
+        series.cancelled.inc()
+        if event.duration is not None:
+            series.run_seconds.observe(event.duration)
+
     def _series(self, task: str) -> TaskSeries:
         series = self._tasks.get(task)
         if series is None:
@@ -195,6 +206,7 @@ class ServiceMetrics:
                 done=self.finished.labels(task, "done"),
                 retried=self.finished.labels(task, "retried"),
                 failed=self.finished.labels(task, "failed"),
+                cancelled=self.finished.labels(task, "cancelled"),
                 run_seconds=self.run_seconds.labels(task),
                 queue_wait=self.queue_wait.labels(task),
             )

@@ -1,7 +1,6 @@
 """Every knob of the service, read once from the environment (and a `.env` file)."""
 
 import re
-
 {% if cookiecutter.job_store == "sqlite" or cookiecutter.use_metrics == "yes" -%}
 from pathlib import Path
 {% endif -%}

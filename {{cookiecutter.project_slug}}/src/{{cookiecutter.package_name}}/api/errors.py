@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from ..jobs.store import StoreUnavailable
+from ..jobs.store import JobConflict, StoreUnavailable
 from .schemas import ErrorBody
 
 logger = logging.getLogger(__name__)
@@ -94,6 +94,9 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         return error_response(400, describe_validation_errors(exc.errors()))
 
+    async def conflict(_: Request, exc: Exception) -> JSONResponse:
+        return error_response(409, str(exc))
+
     async def store_unavailable(_: Request, exc: Exception) -> JSONResponse:
         logger.error("Job store unavailable: %s", exc)
         return error_response(503, "Job store unavailable")
@@ -104,6 +107,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(JobConflict, conflict)
     app.add_exception_handler(StoreUnavailable, store_unavailable)
     app.add_exception_handler(Exception, unexpected)
 

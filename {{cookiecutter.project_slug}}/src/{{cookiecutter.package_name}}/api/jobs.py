@@ -1,16 +1,17 @@
-"""Submitting, scheduling, listing and inspecting jobs."""
+"""Submitting, scheduling, listing, inspecting, cancelling and retrying jobs."""
 
+from collections.abc import Sequence
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
 
-from ..events import EventBus, JobEnqueued
-from ..jobs.model import Job, JobStatus, NewJob, ScheduledJob
+from ..events import EventBus, JobCancelled, JobEnqueued
+from ..jobs.model import QUEUE_NAME_PATTERN, Job, JobStatus, NewJob, ScheduledJob
 from ..jobs.registry import TaskRegistry
-from ..jobs.store import JobStore
+from ..jobs.store import Enqueued, JobFilter, JobStore
 from .deps import StoreDep
 from .json_body import OrjsonRoute
-from .schemas import JobAccepted, JobScheduled, error_responses
+from .schemas import BulkJobs, JobAccepted, JobExists, JobsAccepted, JobScheduled, error_responses
 
 MAX_PER_PAGE = 200
 # Offsets beyond what a database integer holds cannot match any job.
@@ -28,6 +29,19 @@ router = APIRouter(
     responses=error_responses(400, 503),
 )
 
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=200,
+        description="The same as the body's `unique_key`, for clients that send it as a header.",
+    ),
+]
+JOB_EXISTS: dict[int | str, dict[str, object]] = {
+    200: {"model": JobExists, "description": "A job with this unique_key exists."}
+}
+
 
 class Intake:
     """Stores submitted jobs and tells the subscribers of JobEnqueued."""
@@ -37,10 +51,26 @@ class Intake:
         self._events = events
         self._registry = registry
 
-    async def enqueue(self, new_job: NewJob) -> Job:
-        job = await self._store.insert_job(new_job)
-        self._events.emit(JobEnqueued(job, self._registry.resolve(job).name))
-        return job
+    async def enqueue(self, new_job: NewJob, idempotency_key: str | None) -> Enqueued:
+        (enqueued,) = await self.enqueue_all([with_idempotency_key(new_job, idempotency_key)])
+        return enqueued
+
+    async def enqueue_all(self, new_jobs: Sequence[NewJob]) -> list[Enqueued]:
+        enqueued = await self._store.insert_all_jobs(new_jobs)
+        if self._events.wants(JobEnqueued):
+            for job, created in enqueued:
+                if created:
+                    self._events.emit(JobEnqueued(job, self._registry.resolve(job).name))
+        return enqueued
+
+
+def with_idempotency_key(new_job: NewJob, key: str | None) -> NewJob:
+    """The job with the header's key as its unique_key; a different key in each is an error."""
+    if key is None or key == new_job.unique_key:
+        return new_job
+    if new_job.unique_key is not None:
+        raise HTTPException(400, "Idempotency-Key and unique_key differ; send one of them")
+    return new_job.model_copy(update={"unique_key": key})
 
 
 async def get_intake(request: Request) -> Intake:
@@ -53,47 +83,105 @@ async def get_intake(request: Request) -> Intake:
 IntakeDep = Annotated[Intake, Depends(get_intake)]
 
 
-@router.post("", status_code=202, responses=error_responses(413))
-async def submit_job(new_job: NewJob, intake: IntakeDep) -> JobAccepted:
-    """Submit a job; it runs as soon as a worker is free."""
-    job = await intake.enqueue(new_job)
+@router.post("", status_code=202, responses={**JOB_EXISTS, **error_responses(413)})
+async def submit_job(
+    new_job: NewJob, intake: IntakeDep, response: Response, idempotency_key: IdempotencyKey = None
+) -> JobAccepted | JobExists:
+    """Submit a job; it runs as soon as a worker of its queue is free."""
+    job, created = await intake.enqueue(new_job, idempotency_key)
+    if not created:
+        response.status_code = 200
+        return JobExists(job_id=job.id)
     return JobAccepted(job_id=job.id)
 
 
-@router.post("/schedule", status_code=202, responses=error_responses(413))
-async def schedule_job(new_job: ScheduledJob, intake: IntakeDep) -> JobScheduled:
+@router.post("/schedule", status_code=202, responses={**JOB_EXISTS, **error_responses(413)})
+async def schedule_job(
+    new_job: ScheduledJob,
+    intake: IntakeDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> JobScheduled | JobExists:
     """Submit a job that becomes due at `run_at` (UTC unless it gives an offset)."""
-    job = await intake.enqueue(new_job)
+    job, created = await intake.enqueue(new_job, idempotency_key)
+    if not created:
+        response.status_code = 200
+        return JobExists(job_id=job.id)
     return JobScheduled(job_id=job.id, run_at=job.run_at)
+
+
+@router.post("/bulk", status_code=202, responses=error_responses(413))
+async def submit_jobs(bulk: BulkJobs, intake: IntakeDep) -> JobsAccepted:
+    """Submit up to 1,000 jobs in one transaction: all are stored, or none is.
+
+    A job whose unique_key a queued or running job holds (or an earlier job of the same
+    request) is not created; its place in `job_ids` holds that job's id.
+    """
+    enqueued = await intake.enqueue_all(bulk.jobs)
+    return JobsAccepted(job_ids=[job.id for job, _ in enqueued])
 
 
 @router.get("")
 async def list_jobs(
     store: StoreDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this status.")] = None,
+    queue: Annotated[
+        str | None, Query(pattern=QUEUE_NAME_PATTERN, description="Only jobs in this queue.")
+    ] = None,
+    task: Annotated[
+        str | None,
+        Query(min_length=1, max_length=200, description="Only jobs that name this task."),
+    ] = None,
     page: Annotated[int, Query(ge=1, description="Page number, from 1.")] = 1,
     per_page: Annotated[
         int, Query(ge=1, description=f"Jobs per page; above {MAX_PER_PAGE} means {MAX_PER_PAGE}.")
     ] = 50,
 ) -> list[Job]:
-    """Jobs newest first (by insertion time, then id)."""
+    """Jobs newest first (by insertion time, then id), optionally filtered."""
     limit = min(per_page, MAX_PER_PAGE)
-    return await store.list_jobs(status, limit, min((page - 1) * limit, MAX_OFFSET))
+    where = JobFilter(status=status, queue=queue, task=task)
+    return await store.list_jobs(where, limit, min((page - 1) * limit, MAX_OFFSET))
 
 
 # Declared before `/{job_id}`: otherwise `GET /jobs/schedule` would be the job "schedule"
 # (a 400), where OpenAPI, which matches literal paths first, promises a 405.
 @router.get("/schedule", include_in_schema=False)
-async def schedule_takes_only_post() -> None:
+@router.get("/bulk", include_in_schema=False)
+async def only_post_here() -> None:
     raise HTTPException(405)
 
 
+JobId = Annotated[int, Path(description="The job's id.")]
+
+
 @router.get("/{job_id}", responses=error_responses(404))
-async def get_job(
-    job_id: Annotated[int, Path(description="The job's id.")], store: StoreDep
-) -> Job:
+async def get_job(job_id: JobId, store: StoreDep) -> Job:
     """One job, with its result and every attempt's error."""
     job = await store.get_job(job_id) if job_id in ID_RANGE else None
+    if job is None:
+        raise HTTPException(404, "Job not found")
+    return job
+
+
+@router.post("/{job_id}/cancel", responses=error_responses(404, 409))
+async def cancel_job(job_id: JobId, store: StoreDep, request: Request) -> Job:
+    """Cancel a job: a queued one ends `cancelled` at once; a running one is asked to stop
+    (an async handler is cancelled, a sync one sees `job.cancel_requested`) and ends
+    `cancelled` when its handler returns or raises."""
+    job = await store.cancel_job(job_id) if job_id in ID_RANGE else None
+    if job is None:
+        raise HTTPException(404, "Job not found")
+    if job.status is JobStatus.CANCELLED:
+        state = request.app.state
+        state.events.emit(JobCancelled(job, state.registry.resolve(job).name, None))
+    return job
+
+
+@router.post("/{job_id}/retry", responses=error_responses(404, 409))
+async def retry_job(job_id: JobId, store: StoreDep) -> Job:
+    """Queue a failed or cancelled job again, due now, its errors kept; a job that had spent
+    its attempts gets one more."""
+    job = await store.retry_job(job_id) if job_id in ID_RANGE else None
     if job is None:
         raise HTTPException(404, "Job not found")
     return job

@@ -4,7 +4,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from ..jobs.model import Moment
+from ..jobs.model import Moment, NewJob
+
+MAX_BULK_JOBS = 1000
 
 
 class ErrorBody(BaseModel):
@@ -16,6 +18,32 @@ class ErrorBody(BaseModel):
 class JobAccepted(BaseModel):
     message: Literal["Job accepted"] = "Job accepted"
     job_id: int = Field(examples=[123])
+
+
+class JobExists(BaseModel):
+    """A queued or running job already has the submitted unique_key: nothing was created."""
+
+    message: Literal["Job already exists"] = "Job already exists"
+    job_id: int = Field(examples=[123], description="The job that holds the key.")
+
+
+class BulkJobs(BaseModel):
+    """Jobs for `POST /jobs/bulk`: stored together or not at all."""
+
+    jobs: list[NewJob] = Field(
+        min_length=1,
+        max_length=MAX_BULK_JOBS,
+        description=f"1 to {MAX_BULK_JOBS} jobs, each as for POST /jobs (run_at optional).",
+    )
+
+
+class JobsAccepted(BaseModel):
+    message: Literal["Jobs accepted"] = "Jobs accepted"
+    job_ids: list[int] = Field(
+        examples=[[125, 126]],
+        description="One id per submitted job, in order; a job whose unique_key was taken"
+        " gets the id of the job that holds it.",
+    )
 
 
 class JobScheduled(BaseModel):
@@ -31,7 +59,21 @@ class Stats(BaseModel):
     running: int
     done: int
     failed: int
+    cancelled: int
     total: int
+
+
+class Queue(BaseModel):
+    """A queue: its jobs by status, how many run at once, whether it is paused."""
+
+    name: str = Field(examples=["emails"])
+    paused: bool = Field(description="Its jobs are accepted but no instance claims them.")
+    concurrency: int | None = Field(
+        description="Jobs of this queue each worker process runs at once, from QUEUES (a queue"
+        " QUEUES does not name shares default's); null: no worker process serves it.",
+        examples=[2],
+    )
+    jobs: Stats
 
 
 class Health(BaseModel):
@@ -52,6 +94,7 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
 ERRORS = {
     400: "The request is invalid; the message names the field and what is wrong with it.",
     404: "No such job.",
+    409: "The job is not in a status this action applies to.",
     413: "The request body is larger than MAX_BODY_BYTES.",
     503: "The job store cannot be reached; try again later.",
 }

@@ -4,26 +4,29 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from contextlib import suppress
 from datetime import datetime
 from typing import Any
 
-from ..events import EventBus, JobErrored, JobStarted, JobStopped
+from ..events import EventBus, JobCancelled, JobErrored, JobStarted, JobStopped
 from .backoff import next_attempt_at
 from .clock import Clock
 from .codec import EncodeError, dumps
-from .model import Job
+from .model import DEFAULT_QUEUE, Job
 from .registry import Task, TaskRegistry
 from .store.base import JobStore
 
 logger = logging.getLogger(__name__)
 
 RESTART_DELAY_MAX = 30.0
+# What a job cancelled while its async handler ran records as that attempt's error.
+CANCELLED_BY_REQUEST = "cancelled by request"
 
 
 class Engine:
-    """Runs at most `pool_size` jobs at once; a new job wakes it at once, no polling delay."""
+    """Runs at most `queues[q]` jobs of each queue q at once (the `default` entry also for
+    every queue not named); a new job wakes it at once, no polling delay."""
 
     def __init__(
         self,
@@ -31,7 +34,7 @@ class Engine:
         registry: TaskRegistry,
         clock: Clock,
         *,
-        pool_size: int,
+        queues: Mapping[str, int],
         backoff_base: float,
         backoff_max: float,
         poll_interval: float = 1.0,
@@ -42,15 +45,20 @@ class Engine:
         self._clock = clock
         # Job starts and outcomes go out as events: logs and metrics subscribe to them.
         self._events = events or EventBus()
-        self._pool_size = pool_size
+        self._limits = dict(queues)
         self._backoff = (backoff_base, backoff_max)
         # Even with nothing to wake it, the dispatcher looks at the store this often, so that
         # jobs written where no wake-up reaches this process are found.
         self._poll_interval = poll_interval
         # Every claimed job until its outcome is recorded, for shutdown to wait on or release.
         self._running: dict[int, tuple[Job, asyncio.Task[None]]] = {}
-        # Handlers executing right now: what the pool size limits.
-        self._busy = 0
+        # Handlers executing right now, by the queue whose limit they count against.
+        self._busy = dict.fromkeys(self._limits, 0)
+        # Running jobs whose cancel was asked for and whose handler was told.
+        self._cancelling: set[int] = set()
+        # Running jobs whose handler has not returned yet.
+        self._in_handler: set[int] = set()
+        self._cancel_watcher: asyncio.Task[None] | None = None
         # Set whenever the dispatcher may have something to do: a new job, a free slot.
         self._attention = asyncio.Event()
         self._supervisor: asyncio.Task[None] | None = None
@@ -63,12 +71,18 @@ class Engine:
         return self._dispatching and self._supervisor is not None and not self._supervisor.done()
 
     @property
+    def queues(self) -> dict[str, int]:
+        """Each queue this process serves and how many of its jobs it runs at once."""
+        return dict(self._limits)
+
+    @property
     def pool_size(self) -> int:
-        return self._pool_size
+        """Jobs this process runs at once, every queue together."""
+        return sum(self._limits.values())
 
     @property
     def busy_workers(self) -> int:
-        return self._busy
+        return sum(self._busy.values())
 
     def wake(self) -> None:
         """Tell the dispatcher that new jobs may be due."""
@@ -79,9 +93,12 @@ class Engine:
         if rescued := await self._store.rescue_orphaned_jobs():
             logger.warning("Requeued %d jobs left running by a stopped worker", rescued)
         self._store.subscribe(self.wake)
+        self._store.subscribe_cancellations(self._cancel_running)
         self._dispatching = True
         self._supervisor = asyncio.create_task(self._supervise(), name="job-dispatcher")
-        logger.info("Worker started (pool size %d)", self._pool_size)
+        self._cancel_watcher = asyncio.create_task(self._watch_cancellations())
+        served = ", ".join(f"{name}={limit}" for name, limit in self._limits.items())
+        logger.info("Worker started (pool size %d; queues %s)", self.pool_size, served)
 
     async def stop(self, grace: float) -> None:
         """Stop claiming, give running jobs `grace` seconds, then requeue the unfinished ones."""
@@ -92,6 +109,10 @@ class Engine:
         if self._supervisor is not None:
             await self._supervisor
         self._dispatching = False
+        if self._cancel_watcher is not None:
+            self._cancel_watcher.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._cancel_watcher
         running = dict(self._running)
         if not running:
             return
@@ -124,31 +145,64 @@ class Engine:
     async def _dispatch(self) -> None:
         while not self._stopping.is_set():
             self._attention.clear()
-            free = self._pool_size - self._busy
+            free = {queue: limit - self._busy[queue] for queue, limit in self._limits.items()}
             timeout: float | None = None
-            if free > 0:
+            if any(free.values()):
                 claimed = await self._store.fetch_jobs(free)
                 self._dispatching = True
                 for job in claimed:
                     self._start(job)
-                if len(claimed) == free:
+                left = {queue: limit - self._busy[queue] for queue, limit in self._limits.items()}
+                if any(free[queue] and not left[queue] for queue in free):
+                    # A queue took all it had room for: more may be waiting in it.
                     continue
-                timeout = await self._seconds_until_next_due()
+                timeout = await self._seconds_until_next_due(left)
             if timeout is None or timeout > 0:
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self._attention.wait(), timeout)
 
-    async def _seconds_until_next_due(self) -> float:
-        next_run_at = await self._store.next_run_at()
+    async def _seconds_until_next_due(self, free: Mapping[str, int]) -> float:
+        next_run_at = await self._store.next_run_at(free)
         if next_run_at is None:
             return self._poll_interval
         wait = (next_run_at - self._clock.now()).total_seconds()
         return min(max(wait, 0.0), self._poll_interval)
 
+    def _slot(self, job: Job) -> str:
+        """The queue whose limit the job counts against."""
+        return job.queue if job.queue in self._limits else DEFAULT_QUEUE
+
     def _start(self, job: Job) -> None:
         task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
         self._running[job.id] = (job, task)
-        self._busy += 1
+        self._busy[self._slot(job)] += 1
+
+    def _cancel_running(self, job_id: int) -> None:
+        """Tell a running job's handler to stop: an async one is cancelled, a sync one sees
+        `job.cancel_requested`. Its outcome is then stored as cancelled."""
+        running = self._running.get(job_id)
+        if running is None or job_id in self._cancelling:
+            return
+        job, task = running
+        job.cancel_requested = True
+        self._cancelling.add(job_id)
+        # Only while the handler runs: cancelled later, the task would lose its outcome.
+        if job_id in self._in_handler and self._registry.resolve(job).is_async:
+            task.cancel(CANCELLED_BY_REQUEST)
+
+    async def _watch_cancellations(self) -> None:
+        """Ask the store about running jobs' cancels now and then: a cancel asked through
+        another process, or a notice that was lost, still reaches the handler."""
+        while True:
+            await asyncio.sleep(self._poll_interval)
+            unasked = [job_id for job_id in self._running if job_id not in self._cancelling]
+            if not unasked:
+                continue
+            try:
+                for job_id in await self._store.cancel_requested_among(unasked):
+                    self._cancel_running(job_id)
+            except Exception:
+                logger.exception("Could not check running jobs for cancel requests")
 
     async def _run(self, job: Job) -> None:
         task = self._registry.resolve(job)
@@ -157,24 +211,40 @@ class Engine:
         error: str | None = None
         started = time.perf_counter()
         try:
+            self._in_handler.add(job.id)
             try:
                 result = await self._execute(task, job)
                 dumps(result)
             except asyncio.CancelledError:
-                raise
+                if job.id not in self._cancelling or self._stopping.is_set():
+                    raise
+                # Cancelled on request, not by shutdown: carry on and record it.
+                current = asyncio.current_task()
+                if current is not None:
+                    current.uncancel()
+                error = CANCELLED_BY_REQUEST
             except EncodeError as exc:
                 error = f"result is not JSON-serialisable: {exc}"
             except BaseException as exc:  # a handler must never take its worker down with it
                 error = _describe(exc)
             finally:
+                self._in_handler.discard(job.id)
                 duration = time.perf_counter() - started
                 # The slot frees as soon as the handler returns, so that the next claim can
                 # share a commit with this job's outcome.
-                self._busy -= 1
+                self._busy[self._slot(job)] -= 1
                 self._attention.set()
+            # A job whose cancel was asked for ends cancelled (the store sees to that) with
+            # its result or its error, whichever the handler left.
             if error is None:
                 await self._store.complete_job(job, result)
-                self._events.emit(JobStopped(job, task.name, duration, result))
+                if job.cancel_requested:
+                    self._events.emit(JobCancelled(job, task.name, duration))
+                else:
+                    self._events.emit(JobStopped(job, task.name, duration, result))
+            elif job.cancel_requested:
+                await self._store.error_job(job, error, None)
+                self._events.emit(JobCancelled(job, task.name, duration))
             else:
                 retry_at = await self._record_failure(job, error)
                 self._events.emit(JobErrored(job, task.name, duration, error, retry_at))
@@ -184,6 +254,7 @@ class Engine:
             logger.exception("Could not record the outcome of job %d", job.id)
         finally:
             del self._running[job.id]
+            self._cancelling.discard(job.id)
 
     async def _execute(self, task: Task, job: Job) -> Any:
         outcome: Awaitable[Any] = task.handler(job) if task.is_async else _run_in_thread(task, job)
