@@ -689,3 +689,56 @@ async def test_the_engine_reports_not_running_while_the_store_fails_and_recovers
     assert (await wait_for_status(store, job)).status is DONE
     later = await enqueue(store, task_job("anything"))
     assert (await wait_for_status(store, later)).status is DONE
+
+
+# --- Cancelling running jobs
+
+
+class DeafStore(StoreWrapper):
+    """A store whose cancel notices never reach the engine, as from another process's API."""
+
+    def subscribe_cancellations(self, on_cancel: Callable[[int], None]) -> None:
+        pass
+
+
+async def test_a_cancel_the_engine_was_not_told_of_still_stops_the_job_and_frees_its_slot(
+    store: JobStore, start_engine: EngineStarter
+) -> None:
+    registry = TaskRegistry()
+
+    @registry.task("forever")
+    async def forever(_job: Job) -> None:
+        await asyncio.Event().wait()
+
+    await start_engine(DeafStore(store), registry, pool_size=1)
+    stuck = await enqueue(store, task_job("forever"))
+    await wait_for_status(store, stuck, RUNNING)
+    waiting = await enqueue(store, task_job("anything"))
+
+    await store.cancel_job(stuck.id)
+
+    cancelled = await wait_for_status(store, stuck, CANCELLED)
+    assert cancelled.errors == ["cancelled by request"]
+    assert (await wait_for_status(store, waiting)).status is DONE
+
+
+async def test_a_job_whose_cancel_was_asked_ends_cancelled_when_shutdown_cuts_it_short(
+    store: JobStore, start_engine: EngineStarter
+) -> None:
+    registry = TaskRegistry()
+    release = threading.Event()
+
+    @registry.task("stubborn")
+    def stubborn(_job: Job) -> None:
+        release.wait(10)  # never looks at job.cancel_requested
+
+    engine = await start_engine(store, registry)
+    job = await enqueue(store, task_job("stubborn"))
+    await wait_for_status(store, job, RUNNING)
+    await store.cancel_job(job.id)
+
+    await engine.stop(0.1)
+    release.set()
+
+    found = await job_now(store, job)
+    assert (found.status, found.attempt) == (CANCELLED, 0)

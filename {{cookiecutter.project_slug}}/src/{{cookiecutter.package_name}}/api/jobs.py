@@ -35,7 +35,8 @@ IdempotencyKey = Annotated[
         alias="Idempotency-Key",
         min_length=1,
         max_length=200,
-        description="The same as the body's `unique_key`, for clients that send it as a header.",
+        description="The job's `unique_key` when the body gives none (a body's key wins:"
+        " it names what is unique about the job, where clients may set this header per call).",
     ),
 ]
 JOB_EXISTS: dict[int | str, dict[str, object]] = {
@@ -65,11 +66,9 @@ class Intake:
 
 
 def with_idempotency_key(new_job: NewJob, key: str | None) -> NewJob:
-    """The job with the header's key as its unique_key; a different key in each is an error."""
-    if key is None or key == new_job.unique_key:
+    """The job with the header's key as its unique_key, unless the body gives one."""
+    if key is None or new_job.unique_key is not None:
         return new_job
-    if new_job.unique_key is not None:
-        raise HTTPException(400, "Idempotency-Key and unique_key differ; send one of them")
     return new_job.model_copy(update={"unique_key": key})
 
 

@@ -5,7 +5,8 @@ are completed by the default handler. A handler takes the Job (use `job.payload`
 `job.attempt`) and returns a JSON-serialisable result, which is stored on the job. Raise to
 fail the attempt: the job is retried with exponential backoff until `max_attempts` is spent.
 Async handlers run on the event loop; plain functions run in a thread of their own, so they
-may block.
+may block. A cancel (POST /jobs/{id}/cancel) cancels an async handler; a long plain function
+should look at `job.cancel_requested` now and then and return early.
 
     @registry.task("send_email", timeout=30)
     def send_email(job: Job) -> dict[str, str]:
