@@ -3,7 +3,8 @@
 from collections.abc import Sequence
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Request
+from fastapi.responses import JSONResponse
 
 from ..events import EventBus, JobCancelled, JobEnqueued
 from ..jobs.model import QUEUE_NAME_PATTERN, Job, JobStatus, NewJob, ScheduledJob
@@ -82,31 +83,42 @@ async def get_intake(request: Request) -> Intake:
 IntakeDep = Annotated[Intake, Depends(get_intake)]
 
 
-@router.post("", status_code=202, responses={**JOB_EXISTS, **error_responses(413)})
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobAccepted,
+    responses={**JOB_EXISTS, **error_responses(413)},
+)
 async def submit_job(
-    new_job: NewJob, intake: IntakeDep, response: Response, idempotency_key: IdempotencyKey = None
-) -> JobAccepted | JobExists:
+    new_job: NewJob, intake: IntakeDep, idempotency_key: IdempotencyKey = None
+) -> JobAccepted | JSONResponse:
     """Submit a job; it runs as soon as a worker of its queue is free."""
     job, created = await intake.enqueue(new_job, idempotency_key)
     if not created:
-        response.status_code = 200
-        return JobExists(job_id=job.id)
+        return job_exists(job.id)
     return JobAccepted(job_id=job.id)
 
 
-@router.post("/schedule", status_code=202, responses={**JOB_EXISTS, **error_responses(413)})
+@router.post(
+    "/schedule",
+    status_code=202,
+    response_model=JobScheduled,
+    responses={**JOB_EXISTS, **error_responses(413)},
+)
 async def schedule_job(
-    new_job: ScheduledJob,
-    intake: IntakeDep,
-    response: Response,
-    idempotency_key: IdempotencyKey = None,
-) -> JobScheduled | JobExists:
+    new_job: ScheduledJob, intake: IntakeDep, idempotency_key: IdempotencyKey = None
+) -> JobScheduled | JSONResponse:
     """Submit a job that becomes due at `run_at` (UTC unless it gives an offset)."""
     job, created = await intake.enqueue(new_job, idempotency_key)
     if not created:
-        response.status_code = 200
-        return JobExists(job_id=job.id)
+        return job_exists(job.id)
     return JobScheduled(job_id=job.id, run_at=job.run_at)
+
+
+def job_exists(job_id: int) -> JSONResponse:
+    # Answered directly rather than through a `Response` parameter, which every request
+    # would pay for to serve the rare duplicate.
+    return JSONResponse(JobExists(job_id=job_id).model_dump(), status_code=200)
 
 
 @router.post("/bulk", status_code=202, responses=error_responses(413))

@@ -78,7 +78,7 @@ class MemoryJobStore:
                 self._by_task[job.task_name].append(job_id)
             if job.unique_key is not None:
                 self._unique[job.unique_key] = job_id
-            self._enqueue(job)
+            self._enqueue(job, now)
             enqueued.append(Enqueued(job.model_copy(), created=True))
         self._wake()
         return enqueued
@@ -293,8 +293,11 @@ class MemoryJobStore:
     def _claim_at(self, job: Job) -> datetime:
         return job.run_at + job.priority * self._aging
 
-    def _enqueue(self, job: Job) -> None:
-        heapq.heappush(self._scheduled[job.queue], (job.run_at, job.id))
+    def _enqueue(self, job: Job, now: datetime | None = None) -> None:
+        if job.run_at <= (now or self._clock.now()):
+            heapq.heappush(self._ready[job.queue], (self._claim_at(job), job.id, job.run_at))
+        else:
+            heapq.heappush(self._scheduled[job.queue], (job.run_at, job.id))
 
     def _finish(self, job: Job, status: JobStatus) -> None:
         self._move(job, status)
