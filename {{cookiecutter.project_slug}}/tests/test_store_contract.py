@@ -1,6 +1,7 @@
 """The contract every job store must keep, written once against the `store` fixture."""
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -501,7 +502,7 @@ async def test_list_queues_counts_each_queues_jobs_and_says_which_are_paused(
     await add(store, new_job(queue="emails"))
     await add(store, new_job(queue="emails"))
     await add(store, new_job())
-    (running,) = await store.fetch_jobs({"emails": 1})
+    await store.fetch_jobs({"emails": 1})
     await store.pause_queue("reports")
 
     queues = {queue.name: queue for queue in await store.list_queues()}
@@ -563,9 +564,7 @@ async def test_insert_all_jobs_names_the_holder_of_a_repeated_key_in_order(
     assert await counts(store) == {"queued": 3}
 
 
-async def test_cancelling_a_queued_job_ends_it_at_once(
-    store: JobStore, clock: ManualClock
-) -> None:
+async def test_cancelling_a_queued_job_ends_it_at_once(store: JobStore, clock: ManualClock) -> None:
     job = await add(store, new_job(unique_key="k"))
     clock.advance(1)
 
@@ -586,7 +585,7 @@ async def test_cancelling_a_running_job_asks_it_to_stop_and_tells_the_listeners(
     asked: list[int] = []
     store.subscribe_cancellations(asked.append)
     job = await add(store, new_job())
-    (running,) = await store.fetch_jobs(limit(1))
+    await store.fetch_jobs(limit(1))
 
     cancelling = await store.cancel_job(job.id)
 
@@ -598,13 +597,13 @@ async def test_cancelling_a_running_job_asks_it_to_stop_and_tells_the_listeners(
     assert (await store.cancel_job(job.id)) == await stored(store, job)
 
 
-async def wait_for_value(read: Any, expected: Any, timeout: float = 5.0) -> bool:
+async def wait_for_value(read: Callable[[], Any], expected: Any, timeout: float = 5.0) -> bool:
     """Some stores tell listeners from another connection: give them a moment."""
     for _ in range(int(timeout / 0.01)):
         if read() == expected:
             return True
         await asyncio.sleep(0.01)
-    return read() == expected
+    return bool(read() == expected)
 
 
 async def test_a_running_job_whose_cancel_was_asked_ends_cancelled_however_it_ends(
