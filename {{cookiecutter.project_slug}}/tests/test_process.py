@@ -176,7 +176,14 @@ def test_every_accepted_job_survives_kill_9_and_runs_to_done_after_a_restart(
 
     poll_until(drained, timeout=30, message="every job to finish after the restart")
     stats = restarted.stats()
-    assert stats == {"queued": 0, "running": 0, "done": 201, "failed": 0, "cancelled": 0, "total": 201}
+    assert stats == {
+        "queued": 0,
+        "running": 0,
+        "done": 201,
+        "failed": 0,
+        "cancelled": 0,
+        "total": 201,
+    }
     lost = []
     for job_id in accepted:
         job = restarted.job(job_id)
