@@ -14,7 +14,7 @@ import time
 {%- if cookiecutter.job_store == "postgres" %}
 import uuid
 {%- endif %}
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence{% if cookiecutter.job_store == "postgres" %}, Iterator{% endif %}
+from collections.abc import AsyncIterator, Awaitable, Callable{% if cookiecutter.job_store == "postgres" %}, Iterator{% endif %}, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path

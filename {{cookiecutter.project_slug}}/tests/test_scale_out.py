@@ -18,6 +18,7 @@ import pytest
 
 from {{ cookiecutter.package_name }}.jobs.clock import SystemClock
 from {{ cookiecutter.package_name }}.jobs.engine import Engine
+from {{ cookiecutter.package_name }}.jobs.model import DEFAULT_QUEUE, Job
 from {{ cookiecutter.package_name }}.jobs.registry import TaskRegistry
 from {{ cookiecutter.package_name }}.jobs.store import NewJob, make_store
 
@@ -89,29 +90,45 @@ class Instance:
         poll_until(ready, 30, f"the {self.role} instance to start")
 
 
+StartInstances = Callable[[list[str]], list[Instance]]
+
+
 @pytest.fixture
-def cluster(
+def start_instances(
     service_env: dict[str, str], store_settings: dict[str, Any], tmp_path: Path
-) -> Iterator[list[Instance]]:
-    """One API-only instance, then three worker-only instances, all on this test's schema."""
+) -> Iterator[StartInstances]:
+    """`start_instances(roles)`: started and ready, all on this test's schema; every one
+    started is stopped at the end, its log printed."""
     run_sql(
         store_settings["database_url"],
         "CREATE TABLE executions (job_id bigint NOT NULL, pid int NOT NULL)",
     )
     env = {**service_env, "WORKER_POOL_SIZE": "4", "JOB_LEASE_SECONDS": "2"}
-    instances = [
-        Instance(role, env, tmp_path / f"{role}-{number}.log")
-        for number, role in enumerate(["api", "worker", "worker", "worker"])
-    ]
-    try:
+    started: list[Instance] = []
+
+    def start(roles: list[str]) -> list[Instance]:
+        instances = [
+            Instance(role, env, tmp_path / f"{role}-{len(started) + number}.log")
+            for number, role in enumerate(roles)
+        ]
+        started.extend(instances)
         for instance in instances:
             instance.wait_until_ready()
-        yield instances
+        return instances
+
+    try:
+        yield start
     finally:
-        for instance in instances:
+        for instance in started:
             stop(instance.process)
-        for instance in instances:
+        for instance in started:
             print(f"--- {instance.log_path.name}\n{instance.log_path.read_text()[-3000:]}")
+
+
+@pytest.fixture
+def cluster(start_instances: StartInstances) -> list[Instance]:
+    """One API-only instance, then three worker-only instances."""
+    return start_instances(["api", "worker", "worker", "worker"])
 
 
 def submit(api: Instance, payloads: list[dict[str, Any]]) -> list[int]:
@@ -131,6 +148,21 @@ def submit(api: Instance, payloads: list[dict[str, Any]]) -> list[int]:
             return await asyncio.gather(*(post(payload) for payload in payloads))
 
     return asyncio.run(post_all())
+
+
+def post_all(paths_and_bodies: list[tuple[Instance, str, dict[str, Any]]]) -> list[httpx.Response]:
+    """POST each body to its instance's path, all at once; the responses in order."""
+
+    async def post_every_one() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=30) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(f"http://127.0.0.1:{instance.port}{path}", json=body)
+                    for instance, path, body in paths_and_bodies
+                )
+            )
+
+    return asyncio.run(post_every_one())
 
 
 def query(url: str, sql: str) -> list[asyncpg.Record]:
@@ -196,6 +228,67 @@ def test_a_killed_workers_jobs_finish_on_the_others_once_its_leases_expire(
     assert executed == set(job_ids)
 
 
+def test_two_api_instances_racing_with_one_unique_key_create_one_job(
+    start_instances: StartInstances, store_settings: dict[str, Any]
+) -> None:
+    # No workers: every job stays queued, so it holds its key for the whole test.
+    first, second = start_instances(["api", "api"])
+    keys = [f"order-{n}" for n in range(25)]
+    requests: list[tuple[Instance, str, dict[str, Any]]] = [
+        (instance, "/jobs", {"payload": {"n": n}, "unique_key": key})
+        for key in keys
+        for n, instance in enumerate([first, second] * 4)
+    ]
+
+    responses = post_all(requests)
+
+    by_key: dict[str, list[httpx.Response]] = {}
+    for (_, _, body), response in zip(requests, responses, strict=True):
+        by_key.setdefault(body["unique_key"], []).append(response)
+    for key, answers in by_key.items():
+        codes = sorted(answer.status_code for answer in answers)
+        assert codes == [200] * 7 + [202], (key, [answer.text for answer in answers])
+        assert len({answer.json()["job_id"] for answer in answers}) == 1, key
+    rows = query(
+        store_settings["database_url"],
+        "SELECT unique_key, count(*) AS jobs FROM jobs GROUP BY unique_key",
+    )
+    assert {row["unique_key"]: row["jobs"] for row in rows} == dict.fromkeys(keys, 1)
+
+
+def test_a_queue_paused_through_one_instance_stays_unclaimed_by_others_across_restarts(
+    start_instances: StartInstances, store_settings: dict[str, Any]
+) -> None:
+    url = store_settings["database_url"]
+    api, worker = start_instances(["api", "worker"])
+    (paused,) = post_all([(api, "/queues/emails/pause", {})])
+    assert (paused.status_code, paused.json()["paused"]) == (200, True), paused.text
+    emails = [{"payload": {"task": "record"}, "queue": "emails"}] * 20
+    others = [{"payload": {"task": "record"}}] * 20
+
+    def statuses() -> dict[tuple[str, str], int]:
+        rows = query(url, "SELECT queue, status, count(*) AS n FROM jobs GROUP BY 1, 2")
+        return {(row["queue"], row["status"]): row["n"] for row in rows}
+
+    def run_the_others_and_check_emails_waits(expected_done: int) -> None:
+        assert all(r.status_code == 202 for r in post_all([(api, "/jobs", b) for b in others]))
+        # The worker ran what came after the emails jobs: it would have claimed them too.
+        poll_until(lambda: statuses().get(("default", "done")) == expected_done, 30)
+        assert statuses()[("emails", "queued")] == 20
+
+    assert all(r.status_code == 202 for r in post_all([(api, "/jobs", b) for b in emails]))
+    run_the_others_and_check_emails_waits(20)
+
+    stop(api.process)
+    stop(worker.process)
+    api, _worker = start_instances(["api", "worker"])
+    run_the_others_and_check_emails_waits(40)
+
+    (resumed,) = post_all([(api, "/queues/emails/resume", {})])
+    assert (resumed.status_code, resumed.json()["paused"]) == (200, False), resumed.text
+    poll_until(lambda: statuses().get(("emails", "done")) == 20, 30, "the emails jobs to run")
+
+
 async def run_engine_until_done(
     make_settings: SettingsFactory,
     *,
@@ -214,7 +307,7 @@ async def run_engine_until_done(
         worker_store,
         TaskRegistry(),
         clock,
-        pool_size=1,
+        queues={DEFAULT_QUEUE: 1},
         backoff_base=1,
         backoff_max=1,
         poll_interval=poll_interval,
@@ -224,7 +317,7 @@ async def run_engine_until_done(
         await asyncio.sleep(0.2)  # the engine has looked once and found nothing: it is idle
         if before_insert is not None:
             await before_insert()
-        job = await other_instance.insert_job(NewJob(payload={}))
+        job, _ = await other_instance.insert_job(NewJob(payload={}))
 
         job_id = job.id
 
@@ -288,3 +381,63 @@ async def test_a_dropped_listening_connection_is_opened_again_and_wakes_idle_wor
         )
     finally:
         await admin.close()
+
+
+async def cancel_through_another_instance(
+    make_settings: SettingsFactory, *, notify: bool, poll_interval: float, within: float
+) -> None:
+    """An engine on one store runs a handler that never returns; another store cancels the
+    job, which must end cancelled `within` seconds."""
+    clock = SystemClock()
+    settings = make_settings(database_notify=notify)
+    worker_store, other_instance = make_store(settings, clock), make_store(settings, clock)
+    await worker_store.open()
+    await other_instance.open()
+    registry = TaskRegistry()
+    started = asyncio.Event()
+
+    @registry.task("forever")
+    async def forever(_job: Job) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    engine = Engine(
+        worker_store,
+        registry,
+        clock,
+        queues={DEFAULT_QUEUE: 1},
+        backoff_base=1,
+        backoff_max=1,
+        poll_interval=poll_interval,
+    )
+    await engine.start()
+    try:
+        job, _ = await other_instance.insert_job(NewJob(payload={"task": "forever"}))
+        await asyncio.wait_for(started.wait(), timeout=10)
+        job_id = job.id
+
+        await other_instance.cancel_job(job_id)
+
+        async def cancelled() -> bool:
+            found = await other_instance.get_job(job_id)
+            return found is not None and found.status == "cancelled"
+
+        await wait_until(cancelled, timeout=within, message="the job to end cancelled")
+        assert engine.busy_workers == 0
+    finally:
+        await engine.stop(0)
+        await worker_store.close()
+        await other_instance.close()
+
+
+async def test_a_cancel_through_another_instance_stops_the_running_handler_at_once(
+    make_settings: SettingsFactory,
+) -> None:
+    # Polling for cancels would take a minute: the NOTIFY on the cancel channel does it.
+    await cancel_through_another_instance(make_settings, notify=True, poll_interval=60, within=2)
+
+
+async def test_with_notify_off_a_cancel_through_another_instance_is_found_by_polling(
+    make_settings: SettingsFactory,
+) -> None:
+    await cancel_through_another_instance(make_settings, notify=False, poll_interval=0.3, within=5)

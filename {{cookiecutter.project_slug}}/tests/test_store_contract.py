@@ -75,7 +75,7 @@ def test_the_table_has_a_column_for_every_field_of_a_job_and_no_other() -> None:
     fields = list(Job.model_fields)
     columns = [column.name for column in JobRow.metadata.tables["jobs"].columns]
 {%- if cookiecutter.job_store == "postgres" %}
-    assert sorted(columns) == sorted([*fields, "claim_at", "locked_by", "lease_expires_at"])
+    assert sorted(columns) == sorted([*fields, "claim_at", "task", "locked_by", "lease_expires_at"])
 {%- else %}
     assert sorted(columns) == sorted([*fields, "claim_at"])
 {%- endif %}
@@ -933,21 +933,6 @@ async def test_folding_the_appended_counts_changes_no_count(
     assert await counts(store) == {"done": 3, "failed": 3}
 
 
-async def test_finished_jobs_from_before_the_counts_table_are_counted_once_it_is_made(
-    store: JobStore, open_store: StoreOpener, clock: ManualClock, settings: Settings
-) -> None:
-    await insert(store, 3)
-    first, second = await store.fetch_jobs(limit(2))
-    await store.complete_job(first, None)
-    await store.error_job(second, "give up", None)
-    # As a database last written by a render from before the table.
-    await run_sql_on(settings, "DROP TABLE job_counts")
-
-    restarted = await open_store(clock)
-
-    assert await counts(restarted) == {"queued": 1, "done": 1, "failed": 1}
-
-
 async def test_ids_go_past_the_32_bit_range(store: JobStore, settings: Settings) -> None:
     await run_sql_on(settings, f"SELECT setval(pg_get_serial_sequence('jobs', 'id'), {2**31 - 1})")
 
@@ -957,56 +942,15 @@ async def test_ids_go_past_the_32_bit_range(store: JobStore, settings: Settings)
     assert (await stored(store, job)).id == 2**31
 
 
-async def test_a_table_with_32_bit_ids_is_widened_at_start_with_its_jobs_kept(
-    store: JobStore, open_store: StoreOpener, clock: ManualClock, settings: Settings
-) -> None:
-    jobs = await insert(store, 2)
-    # As a database last written by a render from before 64-bit ids.
-    await run_sql_on(
-        settings,
-        "ALTER TABLE jobs ALTER COLUMN id TYPE integer",
-        "ALTER SEQUENCE jobs_id_seq AS integer",
-        f"SELECT setval('jobs_id_seq', {2**31 - 1})",
-    )
-
-    restarted = await open_store(clock)
-
-    assert [found.id for found in await restarted.list_jobs(ANY, 10, 0)] == [
-        job.id for job in reversed(jobs)
-    ]
-    (job,) = await insert(restarted)
-    assert job.id == 2**31
-
-
-async def test_a_32_bit_id_column_without_its_sequence_is_widened_all_the_same(
-    store: JobStore, open_store: StoreOpener, clock: ManualClock, settings: Settings
-) -> None:
-    (job,) = await insert(store)
-    # As a table whose owner replaced the ids' sequence with ids of their own making.
-    await run_sql_on(
-        settings,
-        "ALTER TABLE jobs ALTER COLUMN id TYPE integer",
-        "ALTER TABLE jobs ALTER COLUMN id DROP DEFAULT",
-        "DROP SEQUENCE jobs_id_seq",
-    )
-
-    restarted = await open_store(clock)
-
-    assert (await stored(restarted, job)).id == job.id
-    bigint_ids = (
-        "SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema()"
-        " AND table_name = 'jobs' AND column_name = 'id' AND data_type = 'bigint'"
-    )
-    assert await run_sql_on(settings, bigint_ids) == [1]
-
-
 async def test_two_instances_claiming_together_never_get_the_same_job(
     store: JobStore, open_store: StoreOpener, clock: ManualClock
 ) -> None:
     await insert(store, 200)
     other = await open_store(clock)
 
-    claims = await asyncio.gather(*(s.fetch_jobs(limit(7)) for _ in range(15) for s in (store, other)))
+    claims = await asyncio.gather(
+        *(s.fetch_jobs(limit(7)) for _ in range(15) for s in (store, other))
+    )
 
     claimed = [job.id for batch in claims for job in batch]
     assert len(claimed) == len(set(claimed)) == 200

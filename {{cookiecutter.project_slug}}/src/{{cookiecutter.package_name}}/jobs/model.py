@@ -261,7 +261,9 @@ class Job(JobBase):
 MOMENT = DateTime(timezone=True)
 # The task a job names, as the database reads it from the payload, for listing by task.
 {%- if cookiecutter.job_store == "postgres" %}
-TASK = text("(payload ->> 'task')")
+# A column of its own, written by the store: PostgreSQL's JSON operators fail on any payload
+# that holds "\u0000" anywhere, so no index or filter can read the task from the payload.
+TASK = "task"
 {%- else %}
 TASK = text("json_extract(payload, '$.task')")
 {%- endif %}
@@ -277,11 +279,32 @@ class JobRow(SQLModel, table=True):
     __tablename__ = "jobs"
 {%- set where = "sqlite_where" if cookiecutter.job_store == "sqlite" else "postgresql_where" %}
     __table_args__ = (
+{%- if cookiecutter.job_store == "sqlite" %}
+        # Claiming reads only queued jobs: a partial index keeps that a short walk however
+        # many finished jobs pile up. By queue and priority: within one priority claim order
+        # is run_at order, so claims (and next_run_at) seek straight to each priority's due
+        # jobs and never walk the ones not yet due.
+        Index(
+            "ix_jobs_queue_due",
+            "queue",
+            "priority",
+            "claim_at",
+            "id",
+            {{ where }}=text("status = 'queued'"),
+        ),
+{%- else %}
         # Claiming reads only queued jobs in claim order: partial indexes keep that a short
         # walk however many finished jobs pile up; one for claims across every queue, one
         # for claims in a named queue.
         Index("ix_jobs_due", "claim_at", "id", {{ where }}=text("status = 'queued'")),
-        Index("ix_jobs_queue_due", "queue", "claim_at", "id", {{ where }}=text("status = 'queued'")),
+        Index(
+            "ix_jobs_queue_due",
+            "queue",
+            "claim_at",
+            "id",
+            {{ where }}=text("status = 'queued'"),
+        ),
+{%- endif %}
         # The database itself refuses a second queued or running job with the same key, so
         # two instances inserting at once cannot both succeed.
         Index(
@@ -292,9 +315,18 @@ class JobRow(SQLModel, table=True):
         ),
         # Listing is newest first, optionally by status, queue or task.
         Index("ix_jobs_newest", "inserted_at", "id"),
+{%- if cookiecutter.job_store == "sqlite" %}
+        # Status is in one listing index only: every claim and outcome rewrites a job's
+        # entry in each index that has it. A filter an index has a column for and the
+        # listing leaves unset stands for every value (the statuses; the queues job_counts
+        # knows), whose ranges SQLite walks newest first and merges.
+        Index("ix_jobs_queue_newest", "queue", "status", "inserted_at", "id"),
+        Index("ix_jobs_task_newest", TASK, "queue", "inserted_at", "id"),
+{%- else %}
         Index("ix_jobs_status_newest", "status", "inserted_at", "id"),
         Index("ix_jobs_queue_newest", "queue", "inserted_at", "id"),
         Index("ix_jobs_task_newest", TASK, "inserted_at", "id"),
+{%- endif %}
 {%- if cookiecutter.job_store == "postgres" %}
         # Finding running jobs whose instance stopped renewing their lease.
         Index("ix_jobs_leases", "lease_expires_at", {{ where }}=text("status = 'running'")),
@@ -327,6 +359,8 @@ class JobRow(SQLModel, table=True):
     claim_at: datetime = ColumnField(sa_type=MOMENT)
 {%- if cookiecutter.job_store == "postgres" %}
 
+    # payload["task"] when it is a string text can hold (no NUL), for listing by task.
+    task: str | None = None
     # The instance running the job, and until when it has promised to be alive.
     locked_by: str | None = None
     lease_expires_at: datetime | None = ColumnField(default=None, sa_type=MOMENT)

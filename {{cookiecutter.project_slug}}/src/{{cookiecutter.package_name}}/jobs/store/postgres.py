@@ -1,21 +1,28 @@
 """The PostgreSQL job store: several service instances share one database.
 
-- Claims take a batch with one `UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED)`,
-  so two instances never start the same job.
+- Claims take a batch per queue with one `UPDATE ... WHERE id IN (SELECT ... FOR UPDATE
+  SKIP LOCKED)`, so two instances never start the same job. The statement itself reads
+  which queues are paused (the `queues` table): a pause holds on every instance from its
+  next claim, and across restarts.
+- A unique key is the database's to enforce: a partial unique index over queued and running
+  jobs, which inserts meet with ON CONFLICT DO NOTHING, so instances racing to insert one
+  key create one job.
 - Writes are group-committed: whatever queues while one transaction commits goes into the
   next, so a burst of requests costs one round trip and one commit, not one each. Inserts
   and the workers' writes (claims, outcomes) commit apart, so that a request never waits
   behind a worker's transaction.
-- An insert notifies every instance (LISTEN/NOTIFY) so an idle worker anywhere starts at once;
-  a listening connection that drops (a database restart) is opened again. With
-  DATABASE_NOTIFY=false, workers poll instead.
+- Inserts, retries and resumed queues notify every instance (LISTEN/NOTIFY) so an idle worker
+  anywhere starts at once; a running job's cancel is told on a channel of its own, with the
+  job's id, to the instance running it. A listening connection that drops (a database
+  restart) is opened again. With DATABASE_NOTIFY=false, workers poll instead.
 - A running job holds a lease that its instance renews. When an instance dies, any other
   requeues its jobs once their leases expire (the lost attempt counted), or fails them when
   no attempt is left.
 
-The table comes from the SQLModel model; statements are SQL text on asyncpg connections:
-the ORM's work per statement would cost more than the statement, and asyncpg was the
-faster of the two drivers tried.
+The schema is Alembic's migrations (postgres_migrations/), run at open(). The tables'
+declaration is the SQLModel model; statements are SQL text on asyncpg connections: the
+ORM's work per statement would cost more than the statement, and asyncpg was the faster of
+the two drivers tried.
 """
 
 import asyncio
@@ -24,28 +31,31 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime, timedelta
 from typing import Any
 
 import asyncpg
 import orjson
-from sqlalchemy.dialects.postgresql.base import PGDialect
-from sqlalchemy.schema import CreateIndex, CreateTable
 
 from ..clock import Clock
 from ..codec import dumps
-from ..model import JOB_COLUMNS, Job, JobRow, JobStatus, NewJob
-from .base import StoreUnavailable
+from ..model import DEFAULT_QUEUE, FINISHED, JOB_COLUMNS, MAX_PRIORITY, TASK, Job, JobStatus, NewJob
+from . import postgres_migrations
+from .base import Enqueued, JobConflict, JobFilter, QueueCounts, StoreUnavailable
 from .group_commit import Group, GroupCommitter
+from .postgres_migrations import SCHEMA_LOCK
+
+__all__ = ["SCHEMA_LOCK", "PostgresJobStore"]
 
 logger = logging.getLogger(__name__)
 
 LOST_LEASE_EXPIRED = "lost: lease expired"
 NOTIFY_CHANNEL = "jobs_inserted"
-# Any fixed number: instances starting together take turns creating the schema.
-SCHEMA_LOCK = 7_310_114_420
+# Running jobs whose cancel was asked for; each notification's payload is the job's id.
+CANCEL_CHANNEL = "jobs_cancelled"
 Batch = Callable[[asyncpg.Connection, list[Any]], Awaitable[list[Any]]]
 # What reaching the database can raise: refused or dropped connections, server errors.
 CONNECTION_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
@@ -53,27 +63,73 @@ CONNECTION_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
 LOST_CONNECTION = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
 
 COLUMNS = ", ".join(JOB_COLUMNS)
+# The same, where another table's columns could have the same names.
+JOBS_COLUMNS = ", ".join(f"jobs.{column}" for column in JOB_COLUMNS)
+# The jobs that hold their unique_key, as the partial unique index says.
+HOLDING_KEY = "status IN ('queued', 'running')"
 # The rows arrive as one JSON array: one orjson call encodes it, where arrays of parameters
 # cost the client nearly twice the CPU (asyncpg encodes each timestamp in Python). Payloads
 # travel as JSON text inside it, because PostgreSQL refuses "\u0000" in any JSON it takes
-# apart. The ids come back as one array.
-INSERT_JOBS = (
-    "WITH inserted AS ("
-    " INSERT INTO jobs (payload, status, attempt, max_attempts, run_at, inserted_at, errors)"
-    " SELECT payload::json, 'queued', 0, max_attempts, run_at, inserted_at, '[]'::json"
-    " FROM json_to_recordset($1::json)"
-    " AS new(payload text, max_attempts int, run_at timestamptz, inserted_at timestamptz)"
-    " RETURNING id)"
-    " SELECT (SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM inserted),"
-    # NOTIFYs with the same payload in one transaction are delivered once.
-    f" CASE WHEN $2 THEN pg_notify('{NOTIFY_CHANNEL}', '') END"
+# apart. A row without unique_key leaves it out: NULL.
+NEW_ROWS = (
+    "json_to_recordset($1::json) AS new(payload text, max_attempts int, queue text,"
+    " priority int, unique_key text, task text, run_at timestamptz, inserted_at timestamptz)"
 )
-CLAIM_DUE_JOBS = (
+INSERTED_COLUMNS = (
+    "payload, status, attempt, max_attempts, queue, priority, unique_key, task,"
+    " cancel_requested, run_at, claim_at, inserted_at, errors"
+)
+INSERTED_VALUES = (
+    "payload::json, 'queued', 0, max_attempts, queue, priority, unique_key, task, false,"
+    " run_at, run_at + priority * $3::interval, inserted_at, '[]'::json"
+)
+# NOTIFYs with the same payload in one transaction are delivered once.
+NOTIFY_NEW_JOBS = f"CASE WHEN $2 THEN pg_notify('{NOTIFY_CHANNEL}', '') END"
+# The ids come back as one array. The id sequence hands out ids in the order the rows are
+# read, so ordered ids are the callers' order.
+INSERT_JOBS = (
+    f"WITH inserted AS (INSERT INTO jobs ({INSERTED_COLUMNS}) SELECT {INSERTED_VALUES}"
+    f" FROM {NEW_ROWS} RETURNING id)"
+    " SELECT (SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM inserted),"
+    f" {NOTIFY_NEW_JOBS}"
+)
+# When some rows have a unique_key: the unique index decides which are inserted, for rows
+# of this statement as for jobs of other instances (whose insert, still uncommitted, it
+# waits for). Two inserts that wait on each other's keys would deadlock, so rows go in in
+# key order, whatever order they came in; their ids, taken first from the ids' sequence
+# (the column's default), keep the callers' order, and of rows with one key the first is
+# inserted. The keys of the inserted rows come back beside their ids.
+INSERT_UNIQUE_JOBS = (
+    f"WITH numbered AS (SELECT nextval('jobs_id_seq') AS id, * FROM {NEW_ROWS}),"
+    f" inserted AS (INSERT INTO jobs (id, {INSERTED_COLUMNS}) SELECT id, {INSERTED_VALUES}"
+    " FROM numbered ORDER BY unique_key, id"
+    f" ON CONFLICT (unique_key) WHERE unique_key IS NOT NULL AND {HOLDING_KEY} DO NOTHING"
+    " RETURNING id, unique_key)"
+    " SELECT (SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM inserted),"
+    " (SELECT coalesce(array_agg(unique_key ORDER BY id), '{}') FROM inserted),"
+    f" {NOTIFY_NEW_JOBS}"
+)
+KEY_HOLDERS = f"SELECT {COLUMNS} FROM jobs WHERE unique_key = ANY($1::text[]) AND {HOLDING_KEY}"
+# The holder an insert met can finish before it is looked up: then it is the latest job
+# with the key (the primary key walked backwards reaches it at once).
+LATEST_WITH_KEY = f"SELECT {COLUMNS} FROM jobs WHERE unique_key = $1 ORDER BY id DESC LIMIT 1"
+# One claim per queue: from a named queue ($6) through ix_jobs_queue_due, or from the
+# default queue and every queue not named ($6 the named ones) through ix_jobs_due. A due
+# job's claim_at is at most the largest priority's delay after now ($5): the index is read
+# up to there, not through every job scheduled later. The queue's pause is read by the
+# statement itself, so no instance claims from a queue paused anywhere.
+CLAIM_JOBS = (
     "UPDATE jobs SET status = 'running', attempt = attempt + 1, started_at = $1,"
     " locked_by = $2, lease_expires_at = $3"
-    " WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' AND run_at <= $1"
-    " ORDER BY run_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)"
-    f" RETURNING {COLUMNS}"
+    " WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' AND claim_at <= $5"
+    " AND run_at <= $1 AND {queues} ORDER BY claim_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)"
+    f" RETURNING claim_at, {COLUMNS}"
+)
+CLAIM_FROM_QUEUE = CLAIM_JOBS.format(
+    queues="queue = $6 AND NOT EXISTS (SELECT FROM queues WHERE name = $6 AND paused)"
+)
+CLAIM_FROM_THE_REST = CLAIM_JOBS.format(
+    queues="queue <> ALL($6::text[]) AND queue NOT IN (SELECT name FROM queues WHERE paused)"
 )
 # Outcomes only apply while this instance still holds the job: once its lease has expired
 # and another instance has taken the job over, a late outcome changes nothing. `locked_by`
@@ -83,30 +139,43 @@ CLAIM_DUE_JOBS = (
 # primary key, several times slower on a large table.
 HELD = "id = $1 AND locked_by = $2"
 RELEASED = "locked_by = NULL, lease_expires_at = NULL"
-# Jobs that end done or failed stay so: the statement that ends one also appends a row to
-# job_counts, so counting them never reads the jobs table (see count_jobs). Appended rows,
-# not one row per status updated in place: instances never wait for each other's lock.
+# A job whose cancel was asked for ends cancelled however its attempt ends.
+CANCELLED_OR = "CASE WHEN cancel_requested THEN 'cancelled' ELSE"
+# Jobs that end done, failed or cancelled stay so until retried: the statement that ends
+# one also appends a row to job_counts, per queue, so counting them never reads the jobs
+# table (see count_jobs), and a retry appends -1. Appended rows, not one row per status
+# updated in place: instances never wait for each other's lock.
+COUNT_CHANGED = "INSERT INTO job_counts (queue, status, n) SELECT queue, status, 1 FROM changed"
 COMPLETE_JOB = (
-    "WITH changed AS (UPDATE jobs SET status = 'done', result = $3, finished_at = $4,"
-    f" {RELEASED} WHERE {HELD} RETURNING status)"
-    " INSERT INTO job_counts (status, n) SELECT status, 1 FROM changed"
+    f"WITH changed AS (UPDATE jobs SET status = {CANCELLED_OR} 'done' END, result = $3,"
+    f" finished_at = $4, {RELEASED} WHERE {HELD} RETURNING queue, status) {COUNT_CHANGED}"
 )
+# $4 is when to retry, NULL to fail; $5 the claim_at that goes with it; $6 now.
+GIVING_UP = "(cancel_requested OR $4::timestamptz IS NULL)"
 FAIL_ATTEMPT = (
-    "WITH changed AS (UPDATE jobs SET status = $3, errors = $4, run_at = $5,"
-    f" finished_at = $6, {RELEASED} WHERE {HELD} RETURNING status)"
-    " INSERT INTO job_counts (status, n) SELECT status, 1 FROM changed WHERE status = 'failed'"
+    "WITH changed AS (UPDATE jobs SET"
+    f" status = {CANCELLED_OR} CASE WHEN $4::timestamptz IS NULL THEN 'failed'"
+    " ELSE 'queued' END END,"
+    f" errors = $3, run_at = CASE WHEN {GIVING_UP} THEN run_at ELSE $4 END,"
+    f" claim_at = CASE WHEN {GIVING_UP} THEN claim_at ELSE $5 END,"
+    f" finished_at = CASE WHEN {GIVING_UP} THEN $6::timestamptz END,"
+    f" {RELEASED} WHERE {HELD} RETURNING queue, status) {COUNT_CHANGED} WHERE status <> 'queued'"
 )
-# Folds the appended rows into one per status (see _keep_leases). Rows appended meanwhile
-# by other instances are not in this statement's snapshot and stay; two instances folding
-# at once each fold only the rows they deleted.
+# Folds the appended rows into one per queue and status (see _keep_leases). Rows appended
+# meanwhile by other instances are not in this statement's snapshot and stay; two
+# instances folding at once each fold only the rows they deleted.
 FOLD_COUNTS = (
-    "WITH folded AS (DELETE FROM job_counts RETURNING status, n)"
-    " INSERT INTO job_counts (status, n) SELECT status, sum(n) FROM folded GROUP BY status"
+    "WITH folded AS (DELETE FROM job_counts RETURNING queue, status, n)"
+    " INSERT INTO job_counts (queue, status, n) SELECT queue, status, sum(n) FROM folded"
+    " GROUP BY queue, status HAVING sum(n) <> 0"
 )
+# Back in line where it stood: run_at is unchanged, and so is its claim_at.
 RELEASE_JOB = (
-    "UPDATE jobs SET status = 'queued', attempt = attempt - 1,"
-    f" started_at = CASE WHEN attempt = 1 THEN NULL ELSE started_at END, {RELEASED}"
-    f" WHERE {HELD}"
+    f"WITH changed AS (UPDATE jobs SET status = {CANCELLED_OR} 'queued' END,"
+    " attempt = attempt - 1, started_at = CASE WHEN attempt = 1 THEN NULL ELSE started_at END,"
+    " finished_at = CASE WHEN cancel_requested THEN $3::timestamptz END,"
+    f" claim_at = run_at + priority * $4::interval, {RELEASED}"
+    f" WHERE {HELD} RETURNING queue, status) {COUNT_CHANGED} WHERE status = 'cancelled'"
 )
 # Skips the rows locked now: the jobs whose outcomes are being stored, in an order of their
 # own (waiting for them could deadlock with that transaction), or being rescued.
@@ -115,29 +184,75 @@ RENEW_LEASES = (
     " WHERE id = ANY($1::bigint[]) AND locked_by = $2"
     " FOR UPDATE SKIP LOCKED)"
 )
+OUT_OF_ATTEMPTS = "(cancel_requested OR attempt >= max_attempts)"
 RESCUE_EXPIRED_LEASES = (
     "WITH changed AS (UPDATE jobs SET"
-    " status = CASE WHEN attempt >= max_attempts THEN 'failed' ELSE 'queued' END,"
-    " finished_at = CASE WHEN attempt >= max_attempts THEN $1 END,"
+    f" status = {CANCELLED_OR} CASE WHEN attempt >= max_attempts THEN 'failed'"
+    " ELSE 'queued' END END,"
+    f" finished_at = CASE WHEN {OUT_OF_ATTEMPTS} THEN $1 END,"
+    " claim_at = run_at + priority * $3::interval,"
     f" errors = (errors::jsonb || jsonb_build_array($2::text))::json, {RELEASED}"
     # A row locked now is being finished by its owner, alive after all: skipped, not waited on.
     " WHERE id IN (SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at < $1"
-    " FOR UPDATE SKIP LOCKED) RETURNING status),"
-    " counted AS (INSERT INTO job_counts (status, n)"
-    " SELECT status, count(*) FROM changed WHERE status = 'failed' GROUP BY status)"
+    " FOR UPDATE SKIP LOCKED) RETURNING queue, status),"
+    " counted AS (INSERT INTO job_counts (queue, status, n) SELECT queue, status, count(*)"
+    " FROM changed WHERE status <> 'queued' GROUP BY queue, status)"
     " SELECT count(*) FROM changed"
+)
+# A queued job ends at once; a running one is asked to stop, and its instance told. A
+# second cancel of a running job changes nothing and tells nobody again.
+CANCEL_JOB = (
+    "WITH changed AS (UPDATE jobs SET"
+    " status = CASE WHEN status = 'queued' THEN 'cancelled' ELSE status END,"
+    " finished_at = CASE WHEN status = 'queued' THEN $2 ELSE finished_at END,"
+    " cancel_requested = status = 'running'"
+    " WHERE id = $1 AND (status = 'queued' OR (status = 'running' AND NOT cancel_requested))"
+    f" RETURNING {COLUMNS}),"
+    f" counted AS ({COUNT_CHANGED} WHERE status = 'cancelled')"
+    f" SELECT {COLUMNS}, CASE WHEN $3 AND status = 'running'"
+    f" THEN pg_notify('{CANCEL_CHANNEL}', id::text) END FROM changed"
+)
+CANCEL_REQUESTED_AMONG = (
+    "SELECT id FROM jobs WHERE id = ANY($1::bigint[]) AND status = 'running' AND cancel_requested"
+)
+# The status it leaves is read under the row's lock, for the count it leaves (-1).
+RETRY_JOB = (
+    "WITH before AS (SELECT id, status FROM jobs WHERE id = $1 FOR UPDATE),"
+    " changed AS (UPDATE jobs SET status = 'queued', run_at = $2::timestamptz,"
+    " claim_at = $2::timestamptz + priority * $3::interval, finished_at = NULL,"
+    " cancel_requested = false, max_attempts = greatest(max_attempts, attempt + 1)"
+    " FROM before WHERE jobs.id = before.id AND before.status IN ('failed', 'cancelled')"
+    f" RETURNING before.status AS left_status, {JOBS_COLUMNS}),"
+    " counted AS (INSERT INTO job_counts (queue, status, n)"
+    " SELECT queue, left_status, -1 FROM changed)"
+    f" SELECT {COLUMNS}, CASE WHEN $4 THEN pg_notify('{NOTIFY_CHANNEL}', '') END FROM changed"
+)
+# $3: whether to wake every instance, as a resumed queue's jobs may be due.
+SET_PAUSED = (
+    "WITH saved AS (INSERT INTO queues (name, paused) VALUES ($1, $2)"
+    " ON CONFLICT (name) DO UPDATE SET paused = excluded.paused)"
+    f" SELECT CASE WHEN $3 THEN pg_notify('{NOTIFY_CHANNEL}', '') END"
 )
 # Claims and outcomes need not wait for the disk flush: if the database itself crashes and
 # loses the last of them, those jobs come back through their leases and run again. SET LOCAL,
 # so it ends with the transaction, as it must where PgBouncer shares server connections.
 BEGIN_WITHOUT_WAITING_FOR_FLUSH = "BEGIN; SET LOCAL synchronous_commit = off"
-NEXT_RUN_AT = "SELECT min(run_at) FROM jobs WHERE status = 'queued'"
-GET_JOB = f"SELECT {COLUMNS} FROM jobs WHERE id = $1"
-NEWEST_FIRST = "ORDER BY inserted_at DESC, id DESC"
-LIST_JOBS = f"SELECT {COLUMNS} FROM jobs {NEWEST_FIRST} LIMIT $1 OFFSET $2"
-LIST_JOBS_BY_STATUS = (
-    f"SELECT {COLUMNS} FROM jobs WHERE status = $3 {NEWEST_FIRST} LIMIT $1 OFFSET $2"
+# The queued jobs fetch_jobs could claim: in a served queue ($1), or in the rest when the
+# default queue is served ($2, and $3 the named queues), and not paused. The earliest
+# run_at is no later than the earliest claim_at, and its own claim_at is at most the
+# largest priority's delay ($4) after it: only that stretch of claim order is read.
+NEXT_RUN_AT = (
+    "WITH served AS NOT MATERIALIZED (SELECT claim_at, run_at FROM jobs"
+    " WHERE status = 'queued' AND (queue = ANY($1::text[]) OR ($2 AND queue <> ALL($3::text[])))"
+    " AND queue NOT IN (SELECT name FROM queues WHERE paused))"
+    " SELECT min(run_at) FROM served WHERE claim_at <= (SELECT min(claim_at) FROM served) + $4"
 )
+GET_JOB = f"SELECT {COLUMNS} FROM jobs WHERE id = $1"
+# Each filter and combination has an index that reads jobs newest first: by status, queue
+# or task, the others checked on the way.
+LIST_JOBS = f"SELECT {COLUMNS} FROM jobs"
+NEWEST_FIRST = " ORDER BY inserted_at DESC, id DESC LIMIT $1 OFFSET $2"
+LISTED_BY = {"status": "status", "queue": "queue", "task": TASK}
 # Queued and running jobs are counted through their partial indexes, which hold only them;
 # finished ones are added up from job_counts.
 COUNT_JOBS = (
@@ -145,17 +260,15 @@ COUNT_JOBS = (
     " UNION ALL SELECT 'running', count(*) FROM jobs WHERE status = 'running'"
     " UNION ALL SELECT status, sum(n)::bigint FROM job_counts GROUP BY status"
 )
-# Tables made before ids were 64 bits hold integer ones, which run out at 2,147,483,647.
-ID_TYPE = (
-    "SELECT atttypid::regtype::text FROM pg_attribute"
-    " WHERE attrelid = 'jobs'::regclass AND attname = 'id'"
+LIST_QUEUES = (
+    "WITH counted AS (SELECT queue, 'queued'::text AS status, count(*) AS n FROM jobs"
+    " WHERE status = 'queued' GROUP BY queue"
+    " UNION ALL SELECT queue, 'running', count(*) FROM jobs WHERE status = 'running' GROUP BY queue"
+    " UNION ALL SELECT queue, status, sum(n)::bigint FROM job_counts GROUP BY queue, status)"
+    " SELECT coalesce(counted.queue, queues.name), counted.status, counted.n,"
+    " coalesce(queues.paused, false) FROM counted FULL JOIN queues ON queues.name = counted.queue"
 )
-ID_SEQUENCE = "SELECT pg_get_serial_sequence('jobs', 'id')"
-COUNTS_TABLE = "CREATE TABLE job_counts (status text NOT NULL, n bigint NOT NULL)"
-COUNT_EXISTING_FINISHED_JOBS = (
-    "INSERT INTO job_counts (status, n) SELECT status, count(*) FROM jobs"
-    " WHERE status IN ('done', 'failed') GROUP BY status"
-)
+SCHEMA_VERSIONS = "SELECT version_num FROM alembic_version"
 
 
 class PostgresJobStore:
@@ -169,6 +282,7 @@ class PostgresJobStore:
         notify: bool = True,
         lease_seconds: float = 30.0,
         connect_timeout: float = 30.0,
+        priority_aging_seconds: float = 300.0,
     ) -> None:
         # asyncpg speaks plain postgresql:// URLs; SQLAlchemy-style ones name a driver.
         self._dsn = database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
@@ -176,9 +290,13 @@ class PostgresJobStore:
         self._notify = notify
         self._lease = timedelta(seconds=lease_seconds)
         self._connect_timeout = connect_timeout
+        self._aging = timedelta(seconds=priority_aging_seconds)
+        # How long after becoming due a job of the lowest priority stands in line.
+        self._longest_wait = MAX_PRIORITY * self._aging
         # Names this process in `locked_by`, so its outcomes and renewals touch only its jobs.
         self._instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._listeners: list[Callable[[], None]] = []
+        self._cancel_listeners: list[Callable[[int], None]] = []
         self._inserts = GroupCommitter(self._commit_inserts)
         self._writer = GroupCommitter(self._commit)
         self._pool: asyncpg.Pool | None = None
@@ -193,7 +311,7 @@ class PostgresJobStore:
 
     async def open(self) -> None:
         self._pool = await self._connect()
-        await self._create_schema()
+        await self._migrate()
         if self._notify:
             await self._listen()
         self._lease_keeper = asyncio.create_task(self._keep_leases())
@@ -224,19 +342,27 @@ class PostgresJobStore:
     def subscribe(self, on_new_jobs: Callable[[], None]) -> None:
         self._listeners.append(on_new_jobs)
 
-    async def insert_job(self, new_job: NewJob) -> Job:
+    def subscribe_cancellations(self, on_cancel: Callable[[int], None]) -> None:
+        self._cancel_listeners.append(on_cancel)
+
+    async def insert_job(self, new_job: NewJob) -> Enqueued:
         return (await self.insert_all_jobs([new_job]))[0]
 
-    async def insert_all_jobs(self, new_jobs: Sequence[NewJob]) -> list[Job]:
+    async def insert_all_jobs(self, new_jobs: Sequence[NewJob]) -> list[Enqueued]:
         now = self._clock.now()
-        ids: list[int] = await self._inserts.write(self._insert_jobs, (now, new_jobs))
+        outcomes: list[int | Job] = await self._inserts.write(self._insert_jobs, (now, new_jobs))
         self._wake_local_workers()
         return [
-            new_job.inserted(job_id, now) for new_job, job_id in zip(new_jobs, ids, strict=True)
+            Enqueued(new_job.inserted(outcome, now), created=True)
+            if isinstance(outcome, int)
+            else Enqueued(outcome, created=False)
+            for new_job, outcome in zip(new_jobs, outcomes, strict=True)
         ]
 
-    async def fetch_jobs(self, limit: int) -> list[Job]:
-        claimed: list[Job] = await self._writer.write(self._claim_jobs, limit)
+    async def fetch_jobs(self, limits: Mapping[str, int]) -> list[Job]:
+        if not any(limit > 0 for limit in limits.values()):
+            return []
+        claimed: list[Job] = await self._writer.write(self._claim_jobs, limits)
         return claimed
 
     async def complete_job(self, job: Job, result: Any) -> None:
@@ -245,18 +371,15 @@ class PostgresJobStore:
             await self._writer.write(self._complete_jobs, change)
 
     async def error_job(self, job: Job, error: str, retry_at: datetime | None) -> None:
+        claim_at = None if retry_at is None else retry_at + job.priority * self._aging
         errors = [*job.errors, error]
-        change: tuple[Any, ...]
-        if retry_at is None:
-            now = self._clock.now()
-            change = (job.id, self._instance, JobStatus.FAILED.value, errors, job.run_at, now)
-        else:
-            change = (job.id, self._instance, JobStatus.QUEUED.value, errors, retry_at, None)
+        change = (job.id, self._instance, errors, retry_at, claim_at, self._clock.now())
         with self._letting_go(job):
             await self._writer.write(self._fail_attempts, change)
 
     async def release_jobs(self, jobs: Sequence[Job]) -> None:
-        held = [(job.id, self._instance) for job in jobs]
+        now = self._clock.now()
+        held = [(job.id, self._instance, now, self._aging) for job in jobs]
         with self._letting_go(*jobs):
             await asyncio.gather(*(self._writer.write(self._release_jobs, job) for job in held))
 
@@ -266,7 +389,9 @@ class PostgresJobStore:
         # waits on it: a deadlock.
         async with self._connection() as conn:
             now = self._clock.now()
-            rescued: int = await conn.fetchval(RESCUE_EXPIRED_LEASES, now, LOST_LEASE_EXPIRED)
+            rescued: int = await conn.fetchval(
+                RESCUE_EXPIRED_LEASES, now, LOST_LEASE_EXPIRED, self._aging
+            )
             if rescued and self._notify:
                 await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
         if rescued:
@@ -286,8 +411,70 @@ class PostgresJobStore:
         finally:
             self._held.difference_update(job.id for job in jobs)
 
-    async def next_run_at(self) -> datetime | None:
-        rows = await self._fetch(NEXT_RUN_AT)
+    async def cancel_job(self, job_id: int) -> Job | None:
+        while True:
+            rows = await self._fetch(CANCEL_JOB, job_id, self._clock.now(), self._notify)
+            if rows:
+                changed = _job_from_row(rows[0])
+                if changed.status is JobStatus.RUNNING and not self._notify:
+                    # With NOTIFY, this instance hears it as every other does.
+                    self._tell_cancel(job_id)
+                return changed
+            job = await self.get_job(job_id)
+            if job is None:
+                return None
+            if job.status in FINISHED:
+                raise JobConflict(f"Job {job_id} is {job.status}")
+            if job.status is JobStatus.RUNNING and job.cancel_requested:
+                return job
+            # Retried or requeued meanwhile: cancel it as it is now.
+
+    async def cancel_requested_among(self, job_ids: Sequence[int]) -> list[int]:
+        if not job_ids:
+            return []
+        rows = await self._fetch(CANCEL_REQUESTED_AMONG, list(job_ids))
+        return [row[0] for row in rows]
+
+    async def retry_job(self, job_id: int) -> Job | None:
+        while True:
+            try:
+                rows = await self._fetch(
+                    RETRY_JOB, job_id, self._clock.now(), self._aging, self._notify
+                )
+            except asyncpg.UniqueViolationError:
+                # Another queued or running job holds its unique_key: the index said so.
+                conflict = await self._key_conflict(job_id)
+                if conflict is not None:
+                    raise conflict from None
+                continue  # the holder finished meanwhile
+            if rows:
+                self._wake_local_workers()
+                return _job_from_row(rows[0])
+            job = await self.get_job(job_id)
+            if job is None:
+                return None
+            if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+                raise JobConflict(f"Job {job_id} is {job.status}")
+
+    async def _key_conflict(self, job_id: int) -> JobConflict | None:
+        job = await self.get_job(job_id)
+        if job is None or job.unique_key is None:
+            return None
+        holders = await self._fetch(KEY_HOLDERS, [job.unique_key])
+        if not holders:
+            return None
+        holder = holders[0]["id"]
+        return JobConflict(
+            f"Job {job_id} has unique_key {job.unique_key!r}, which job {holder} holds"
+        )
+
+    async def next_run_at(self, limits: Mapping[str, int]) -> datetime | None:
+        named = [queue for queue in limits if queue != DEFAULT_QUEUE]
+        served = [queue for queue in named if limits[queue] > 0]
+        serves_the_rest = limits.get(DEFAULT_QUEUE, 0) > 0
+        if not served and not serves_the_rest:
+            return None
+        rows = await self._fetch(NEXT_RUN_AT, served, serves_the_rest, named, self._longest_wait)
         next_run_at: datetime | None = rows[0][0]
         return next_run_at
 
@@ -295,44 +482,110 @@ class PostgresJobStore:
         rows = await self._fetch(GET_JOB, job_id)
         return _job_from_row(rows[0]) if rows else None
 
-    async def list_jobs(self, status: JobStatus | None, limit: int, offset: int) -> list[Job]:
-        if status is None:
-            rows = await self._fetch(LIST_JOBS, limit, offset)
-        else:
-            rows = await self._fetch(LIST_JOBS_BY_STATUS, limit, offset, status.value)
+    async def list_jobs(self, where: JobFilter, limit: int, offset: int) -> list[Job]:
+        values = {"status": where.status, "queue": where.queue, "task": where.task}
+        conditions, args = [], []
+        for name, value in values.items():
+            if value is not None:
+                args.append(str(value))
+                conditions.append(f"{LISTED_BY[name]} = ${len(args) + 2}")
+        where_sql = " WHERE " + " AND ".join(conditions) if conditions else ""
+        rows = await self._fetch(LIST_JOBS + where_sql + NEWEST_FIRST, limit, offset, *args)
         return [_job_from_row(row) for row in rows]
 
     async def count_jobs(self) -> dict[JobStatus, int]:
-        rows = await self._fetch(COUNT_JOBS)
-        return {JobStatus(status): count for status, count in rows}
+        counts = dict.fromkeys(JobStatus, 0)
+        for status, count in await self._fetch(COUNT_JOBS):
+            counts[JobStatus(status)] = count
+        return counts
+
+    async def list_queues(self) -> list[QueueCounts]:
+        counts: dict[str, dict[JobStatus, int]] = {}
+        paused: dict[str, bool] = {}
+        for name, status, count, is_paused in await self._fetch(LIST_QUEUES):
+            queue_counts = counts.setdefault(name, dict.fromkeys(JobStatus, 0))
+            if status is not None:
+                queue_counts[JobStatus(status)] = count
+            paused[name] = is_paused
+        return [QueueCounts(name, counts[name], paused[name]) for name in sorted(counts)]
+
+    async def pause_queue(self, name: str) -> None:
+        await self._execute(SET_PAUSED, name, True, False)
+
+    async def resume_queue(self, name: str) -> None:
+        await self._execute(SET_PAUSED, name, False, self._notify)
+        self._wake_local_workers()
 
     # Batches: each runs once per group commit, with the items of every caller in the group.
 
     async def _insert_jobs(
         self, conn: asyncpg.Connection, requests: list[tuple[datetime, Sequence[NewJob]]]
-    ) -> list[list[int]]:
+    ) -> list[list[int | Job]]:
+        """Per request, per job: its id if it was inserted, else the job holding its key."""
         # One statement for every caller in the group.
-        rows = [
-            {
-                "payload": dumps(new_job.payload),
-                "max_attempts": new_job.max_attempts,
-                "run_at": new_job.run_at or now,
-                "inserted_at": now,
-            }
-            for now, new_jobs in requests
-            for new_job in new_jobs
-        ]
-        # The id sequence hands out ids in the order the rows are read, so ordered ids are
-        # the callers' order.
-        ids = iter(await conn.fetchval(INSERT_JOBS, rows, self._notify))
-        return [[next(ids) for _ in new_jobs] for _, new_jobs in requests]
+        rows = [_insert_row(new_job, now) for now, new_jobs in requests for new_job in new_jobs]
+        new_jobs = [new_job for _, jobs in requests for new_job in jobs]
+        outcomes: list[int | Job]
+        if any(new_job.unique_key is not None for new_job in new_jobs):
+            outcomes = await self._insert_unique_jobs(conn, rows, new_jobs)
+        else:
+            outcomes = await conn.fetchval(INSERT_JOBS, rows, self._notify, self._aging)
+        taken = iter(outcomes)
+        return [[next(taken) for _ in jobs] for _, jobs in requests]
 
-    async def _claim_jobs(self, conn: asyncpg.Connection, limits: list[int]) -> list[list[Job]]:
+    async def _insert_unique_jobs(
+        self, conn: asyncpg.Connection, rows: list[dict[str, Any]], new_jobs: list[NewJob]
+    ) -> list[int | Job]:
+        ids, keys, _ = await conn.fetchrow(INSERT_UNIQUE_JOBS, rows, self._notify, self._aging)
+        # Inserted ids ascend in the rows' order: each row without a key was inserted, and
+        # a row with a key was if the next inserted one has that key (a key is inserted
+        # once at most, for the first row that has it).
+        inserted = deque(zip(ids, keys, strict=True))
+        outcomes: list[int | None] = []
+        for new_job in new_jobs:
+            if inserted and inserted[0][1] == new_job.unique_key:
+                outcomes.append(inserted.popleft()[0])
+            else:
+                outcomes.append(None)
+        held = {
+            new_job.unique_key
+            for new_job, outcome in zip(new_jobs, outcomes, strict=True)
+            if outcome is None
+        }
+        if not held:
+            return [outcome for outcome in outcomes if outcome is not None]
+        # A statement of its own, so that it sees the holders other instances committed
+        # while the insert waited on them.
+        holders = {
+            job.unique_key: job
+            for job in map(_job_from_row, await conn.fetch(KEY_HOLDERS, list(held)))
+        }
+        for key in held - holders.keys():
+            holders[key] = _job_from_row(await conn.fetchrow(LATEST_WITH_KEY, key))
+        return [
+            holders[new_job.unique_key] if outcome is None else outcome
+            for new_job, outcome in zip(new_jobs, outcomes, strict=True)
+        ]
+
+    async def _claim_jobs(
+        self, conn: asyncpg.Connection, requests: list[Mapping[str, int]]
+    ) -> list[list[Job]]:
         claimed = []
-        for limit in limits:
-            now = self._clock.now()
-            rows = await conn.fetch(CLAIM_DUE_JOBS, now, self._instance, now + self._lease, limit)
-            batch = sorted((_job_from_row(row) for row in rows), key=lambda j: (j.run_at, j.id))
+        for limits in requests:
+            batch = []
+            for claim, queues, limit in _claims(limits):
+                now = self._clock.now()
+                rows = await conn.fetch(
+                    claim,
+                    now,
+                    self._instance,
+                    now + self._lease,
+                    limit,
+                    now + self._longest_wait,
+                    queues,
+                )
+                rows.sort(key=lambda row: (row["claim_at"], row["id"]))
+                batch += [_job_from_row(row) for row in rows]
             self._held.update(job.id for job in batch)
             claimed.append(batch)
         return claimed
@@ -389,10 +642,22 @@ class PostgresJobStore:
             except StoreUnavailable as exc:
                 logger.error("Could not renew job leases: %s", exc)
 
+    async def _migrate(self) -> None:
+        """Run the migrations the database lacks. An up-to-date one costs one query: no
+        lock, no migration machinery."""
+        async with self._connection() as conn:
+            try:
+                current = {row[0] for row in await conn.fetch(SCHEMA_VERSIONS)}
+            except asyncpg.UndefinedTableError:
+                current = set()
+        if current != postgres_migrations.head_revisions():
+            await postgres_migrations.upgrade(self._dsn)
+
     async def _listen(self) -> None:
         conn = await asyncpg.connect(self._dsn)
         conn.add_termination_listener(self._on_listener_lost)
         await conn.add_listener(NOTIFY_CHANNEL, self._on_notification)
+        await conn.add_listener(CANCEL_CHANNEL, self._on_cancel_notification)
         self._notifications = conn
 
     def _on_listener_lost(self, _conn: asyncpg.Connection) -> None:
@@ -412,12 +677,23 @@ class PostgresJobStore:
                 delay = min(delay * 2, 5.0)
             else:
                 logger.info("Listening for new jobs again")
-                # What was inserted while nobody listened is waiting: look now.
+                # What was inserted while nobody listened is waiting: look now. Cancels
+                # asked for meanwhile reach their jobs through cancel_requested_among.
                 self._wake_local_workers()
                 return
 
     def _on_notification(self, *_: object) -> None:
         self._wake_local_workers()
+
+    def _on_cancel_notification(
+        self, _conn: object, _pid: int, _channel: str, payload: str
+    ) -> None:
+        with suppress(ValueError):
+            self._tell_cancel(int(payload))
+
+    def _tell_cancel(self, job_id: int) -> None:
+        for on_cancel in self._cancel_listeners:
+            on_cancel(job_id)
 
     def _wake_local_workers(self) -> None:
         for notify in self._listeners:
@@ -461,24 +737,36 @@ class PostgresJobStore:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _create_schema(self) -> None:
-        table = JobRow.metadata.tables["jobs"]
-        dialect = PGDialect()  # type: ignore[no-untyped-call]  # untyped in SQLAlchemy
-        statements = [str(CreateTable(table, if_not_exists=True).compile(dialect=dialect))]
-        statements += [
-            str(CreateIndex(index, if_not_exists=True).compile(dialect=dialect))
-            for index in sorted(table.indexes, key=lambda index: str(index.name))
-        ]
-        async with self._connection() as conn, conn.transaction():
-            # IF NOT EXISTS alone still races when instances start together.
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
-            for statement in statements:
-                await conn.execute(statement)
-            if await conn.fetchval(ID_TYPE) == "integer":
-                await _widen_ids(conn)
-            if await conn.fetchval("SELECT to_regclass('job_counts')") is None:
-                await conn.execute(COUNTS_TABLE)
-                await conn.execute(COUNT_EXISTING_FINISHED_JOBS)
+
+def _insert_row(new_job: NewJob, now: datetime) -> dict[str, Any]:
+    """A job as INSERT_ROWS reads it."""
+    row = {
+        "payload": dumps(new_job.payload),
+        "max_attempts": new_job.max_attempts,
+        "queue": new_job.queue,
+        "priority": new_job.priority,
+        "run_at": new_job.run_at or now,
+        "inserted_at": now,
+    }
+    if new_job.unique_key is not None:
+        row["unique_key"] = new_job.unique_key
+    task = new_job.payload.get("task")
+    # A task name with NUL is not text PostgreSQL can keep: such a job lists under no task.
+    if isinstance(task, str) and "\x00" not in task:
+        row["task"] = task
+    return row
+
+
+def _claims(limits: Mapping[str, int]) -> Iterator[tuple[str, str | list[str], int]]:
+    """One claim statement per queue with room: its SQL, its queue argument, its limit."""
+    named = [queue for queue in limits if queue != DEFAULT_QUEUE]
+    for queue, limit in limits.items():
+        if limit <= 0:
+            continue
+        if queue == DEFAULT_QUEUE:
+            yield CLAIM_FROM_THE_REST, named, limit
+        else:
+            yield CLAIM_FROM_QUEUE, queue, limit
 
 
 class _PooledConnection:
@@ -537,18 +825,6 @@ class _HeldConnection:
             # The pool closes a connection it cannot reset: one that broke needs nothing more.
             with suppress(*CONNECTION_ERRORS):
                 await self._pool().release(conn)
-
-
-async def _widen_ids(conn: asyncpg.Connection) -> None:
-    """Make a table's ids 64 bits: it is rewritten once, and other instances wait meanwhile."""
-    rows = await conn.fetchval("SELECT count(*) FROM jobs")
-    logger.warning("Widening the jobs table's ids to 64 bits (%d jobs, done once)", rows)
-    await conn.execute("ALTER TABLE jobs ALTER COLUMN id TYPE bigint")
-    # The name comes from the database itself, quoted as SQL needs it; none if someone gave
-    # the column another default, whose range is theirs to mind.
-    sequence = await conn.fetchval(ID_SEQUENCE)
-    if sequence is not None:
-        await conn.execute(f"ALTER SEQUENCE {sequence} AS bigint")
 
 
 async def _set_up_connection(conn: asyncpg.Connection) -> None:

@@ -5,28 +5,30 @@ while one transaction commits goes into the next, so a burst of requests costs o
 instead of one each, and there is never a second writer to meet "database is locked". Reads
 run in threads on their own connections, which WAL lets proceed while the writer works.
 
-The table comes from the SQLModel model; the statements are SQL text on the driver's
-connection, because the ORM's per-statement overhead was most of the cost of a job.
+The schema comes from versioned migrations (sqlite_migrations/), which open() runs; the
+statements are SQL text on the driver's connection, because the ORM's per-statement overhead
+was most of the cost of a job.
 """
 
 import asyncio
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any, TypeVar, cast
 
 import orjson
 from sqlalchemy import JSON, DateTime, Engine, create_engine, event
 from sqlalchemy.exc import DBAPIError
-from sqlmodel import SQLModel
 
 from ..clock import Clock
 from ..codec import dumps
-from ..model import JOB_COLUMNS, Job, JobRow, JobStatus, NewJob
-from .base import StoreUnavailable
+from ..model import DEFAULT_QUEUE, FINISHED, JOB_COLUMNS, TASK, Job, JobRow, JobStatus, NewJob
+from . import sqlite_migrations
+from .base import Enqueued, JobConflict, JobFilter, QueueCounts, StoreUnavailable
 from .group_commit import Group, GroupCommitter
 
 T = TypeVar("T")
@@ -40,74 +42,168 @@ Row = tuple[Any, ...]
 WriteBatch = Callable[[sqlite3.Connection, list[Any]], list[Any]]
 
 COLUMNS = ", ".join(JOB_COLUMNS)
-# Claims name the partial index of queued jobs: left to itself, the planner may prefer the
-# status index and sort every queued job to find the oldest few.
-QUEUED_BY_RUN_AT = "jobs INDEXED BY ix_jobs_due WHERE status = 'queued'"
+ID = JOB_COLUMNS.index("id")
+# The parameters of a row to insert, in INSERT_JOB's order; the key comes last.
 INSERT_JOB = (
-    "INSERT INTO jobs (payload, status, attempt, max_attempts, run_at, inserted_at, result,"
-    " errors) VALUES (?, 'queued', 0, ?, ?, ?, 'null', '[]')"
+    "INSERT INTO jobs (payload, max_attempts, queue, priority, run_at, inserted_at, claim_at,"
+    " unique_key, status, attempt, cancel_requested, result, errors)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'queued', 0, 0, 'null', '[]')"
 )
-CLAIM_DUE_JOBS = (
-    "UPDATE jobs SET status = 'running', attempt = attempt + 1, started_at = :now"
-    f" WHERE id IN (SELECT id FROM {QUEUED_BY_RUN_AT} AND run_at <= :now"
-    f" ORDER BY run_at, id LIMIT :limit) RETURNING {COLUMNS}"
+UNIQUE_KEY = 7
+# The partial unique index turns the row away while a queued or running job holds its key.
+INSERT_UNIQUE_JOB = f"{INSERT_JOB} ON CONFLICT DO NOTHING RETURNING id"
+HOLDER_OF_KEY = (
+    f"SELECT {COLUMNS} FROM jobs INDEXED BY ix_jobs_unique_key"
+    " WHERE unique_key = ? AND unique_key IS NOT NULL AND status IN ('queued', 'running')"
+)
+# Which queues and priorities have queued jobs, leaving out paused queues: a few rows of
+# job_counts, so that claims seek only where due jobs can be. The writer is this process,
+# so reading `queues` in every claim is what makes a pause hold at once.
+CLAIMABLE = (
+    "SELECT queue, priority FROM job_counts WHERE status = 'queued' AND n > 0"
+    " AND queue NOT IN (SELECT name FROM queues WHERE paused)"
+)
+# Within one queue and priority, claim order (claim_at = run_at + priority x aging) is
+# run_at order, so the due jobs are the ones up to now + priority x aging: a range of the
+# index that stops at the first job not due, however many wait behind it.
+CLAIM_ARM = (
+    "SELECT {columns} FROM jobs INDEXED BY ix_jobs_queue_due WHERE status = 'queued'"
+    " AND queue IN ({queues}) AND priority = ? AND claim_at <= ? ORDER BY claim_at, id LIMIT ?"
+)
+CLAIM_JOBS = (
+    "UPDATE jobs SET status = 'running', attempt = attempt + 1, started_at = ?"
+    " WHERE id IN ({due}) RETURNING " + COLUMNS + ", claim_at"
+)
+# For next_run_at: each claimable queue and priority's first claim_at, which is its
+# earliest run_at plus priority x aging.
+FIRST_CLAIM_ATS = (
+    "SELECT c.queue, c.priority, (SELECT min(claim_at) FROM jobs INDEXED BY ix_jobs_queue_due"
+    " WHERE status = 'queued' AND queue = c.queue AND priority = c.priority)"
+    " FROM job_counts AS c WHERE c.status = 'queued' AND c.n > 0"
+    " AND c.queue NOT IN (SELECT name FROM queues WHERE paused)"
 )
 COMPLETE_JOB = (
-    "UPDATE jobs SET status = 'done', result = ?, finished_at = ?"
-    " WHERE id = ? AND status = 'running'"
+    "UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'done' END,"
+    " result = ?, finished_at = ? WHERE id = ? AND status = 'running'"
 )
+# ?2 is the retry's run_at, NULL when the job fails for good.
 FAIL_ATTEMPT = (
-    "UPDATE jobs SET status = ?, errors = ?, run_at = ?, finished_at = ?"
-    " WHERE id = ? AND status = 'running'"
+    "UPDATE jobs SET errors = ?1,"
+    " status = CASE WHEN cancel_requested THEN 'cancelled' WHEN ?2 IS NULL THEN 'failed'"
+    " ELSE 'queued' END,"
+    " run_at = CASE WHEN cancel_requested OR ?2 IS NULL THEN run_at ELSE ?2 END,"
+    " claim_at = CASE WHEN cancel_requested OR ?2 IS NULL THEN claim_at ELSE ?3 END,"
+    " finished_at = CASE WHEN cancel_requested OR ?2 IS NULL THEN ?4 END"
+    " WHERE id = ?5 AND status = 'running'"
 )
 RELEASE_JOB = (
-    "UPDATE jobs SET status = 'queued', attempt = attempt - 1,"
-    " started_at = CASE WHEN attempt = 1 THEN NULL ELSE started_at END"
-    " WHERE id = ? AND status = 'running'"
+    "UPDATE jobs SET attempt = attempt - 1,"
+    " started_at = CASE WHEN attempt = 1 THEN NULL ELSE started_at END,"
+    " status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,"
+    " finished_at = CASE WHEN cancel_requested THEN ?2 ELSE finished_at END, claim_at = ?1"
+    " WHERE id = ?3 AND status = 'running'"
 )
-RESCUE_RUNNING_JOBS = (
+RUNNING_JOBS = (
+    "SELECT id, run_at, priority FROM jobs INDEXED BY ix_jobs_queue_newest"
+    " WHERE queue IN (SELECT DISTINCT queue FROM job_counts) AND status = 'running'"
+)
+# A job whose cancel was asked for is not run again for its worker having died.
+RESCUE_JOB = (
     "UPDATE jobs SET"
-    " status = CASE WHEN attempt >= max_attempts THEN 'failed' ELSE 'queued' END,"
-    " finished_at = CASE WHEN attempt >= max_attempts THEN :now ELSE NULL END,"
-    " errors = json_insert(errors, '$[#]', :error)"
-    " WHERE status = 'running'"
+    " status = CASE WHEN cancel_requested THEN 'cancelled'"
+    " WHEN attempt >= max_attempts THEN 'failed' ELSE 'queued' END,"
+    " finished_at = CASE WHEN cancel_requested OR attempt >= max_attempts THEN ?1 END,"
+    " errors = json_insert(errors, '$[#]', ?2), claim_at = ?3"
+    " WHERE id = ?4 AND status = 'running'"
 )
-NEXT_RUN_AT = f"SELECT min(run_at) FROM {QUEUED_BY_RUN_AT}"
+JOB_STATE = "SELECT status, cancel_requested, unique_key, priority FROM jobs WHERE id = ?"
+CANCEL_QUEUED_JOB = (
+    f"UPDATE jobs SET status = 'cancelled', finished_at = ? WHERE id = ? RETURNING {COLUMNS}"
+)
+ASK_TO_CANCEL = f"UPDATE jobs SET cancel_requested = 1 WHERE id = ? RETURNING {COLUMNS}"
+CANCEL_REQUESTED_AMONG = (
+    "SELECT id FROM jobs WHERE id IN (SELECT value FROM json_each(?))"
+    " AND status = 'running' AND cancel_requested"
+)
+RETRY_JOB = (
+    "UPDATE jobs SET status = 'queued', run_at = ?, claim_at = ?, finished_at = NULL,"
+    " cancel_requested = 0, max_attempts = max(max_attempts, attempt + 1)"
+    f" WHERE id = ? RETURNING {COLUMNS}"
+)
 GET_JOB = f"SELECT {COLUMNS} FROM jobs WHERE id = ?"
-# Page through a narrow index first, then read only the rows on the page.
+# Page through a narrow index first, then read only the rows on the page. A filter the
+# index has a column for and the listing leaves unset is written out as every value the
+# column can have: SQLite then walks each value's range newest first and merges them.
 NEWEST_FIRST = "ORDER BY inserted_at DESC, id DESC"
-LIST_JOBS = (
-    f"SELECT {COLUMNS} FROM jobs WHERE id IN"
-    f" (SELECT id FROM jobs {NEWEST_FIRST} LIMIT ? OFFSET ?) {NEWEST_FIRST}"
+ANY_STATUS = f"status IN ({', '.join(repr(status.value) for status in JobStatus)})"
+# Every queue that ever had a job has rows in job_counts.
+ANY_QUEUE = "queue IN (SELECT DISTINCT queue FROM job_counts)"
+# A listing by task and status walks the jobs in that status (of that queue), checking each
+# one's task, when job_counts says they are at most this many; past that it walks the task's
+# jobs, checking each one's status. Either walk stops once the page is full.
+STATUS_WALK_LIMIT = 20_000
+IN_STATUS = (
+    "SELECT coalesce(sum(n), 0) FROM job_counts WHERE status = ? AND (? IS NULL OR queue = ?)"
 )
-LIST_JOBS_BY_STATUS = (
-    f"SELECT {COLUMNS} FROM jobs WHERE id IN"
-    f" (SELECT id FROM jobs WHERE status = ? {NEWEST_FIRST} LIMIT ? OFFSET ?) {NEWEST_FIRST}"
+SET_PAUSED = (
+    "INSERT INTO queues (name, paused) VALUES (?, ?)"
+    " ON CONFLICT (name) DO UPDATE SET paused = excluded.paused"
 )
-# Triggers keep job_counts exact, so /stats stays instant at millions of jobs.
-COUNT_JOBS = "SELECT status, n FROM job_counts"
-COUNTS_SCHEMA = [
-    "CREATE TABLE job_counts (status TEXT PRIMARY KEY, n INTEGER NOT NULL)",
-    "INSERT INTO job_counts SELECT value, 0 FROM json_each(?)",
-    "UPDATE job_counts SET n = (SELECT count(*) FROM jobs WHERE jobs.status = job_counts.status)",
-    """CREATE TRIGGER jobs_count_insert AFTER INSERT ON jobs BEGIN
-        UPDATE job_counts SET n = n + 1 WHERE status = NEW.status; END""",
-    """CREATE TRIGGER jobs_count_update AFTER UPDATE OF status ON jobs
-        WHEN OLD.status <> NEW.status BEGIN
-        UPDATE job_counts SET n = n - 1 WHERE status = OLD.status;
-        UPDATE job_counts SET n = n + 1 WHERE status = NEW.status; END""",
-    """CREATE TRIGGER jobs_count_delete AFTER DELETE ON jobs BEGIN
-        UPDATE job_counts SET n = n - 1 WHERE status = OLD.status; END""",
-]
+# Triggers keep job_counts exact, so /stats and /queues stay instant at millions of jobs.
+COUNT_JOBS = "SELECT status, sum(n) FROM job_counts GROUP BY status"
+QUEUE_COUNTS = "SELECT queue, status, sum(n) FROM job_counts GROUP BY queue, status"
+QUEUES = "SELECT name, paused FROM queues"
+
+
+@lru_cache(maxsize=64)
+def _list_jobs_statement(index: str | None, terms: tuple[str, ...]) -> str:
+    """A page of the jobs matching every term, found through `index`."""
+    if index is None:
+        matching = f"SELECT id FROM jobs {NEWEST_FIRST} LIMIT ? OFFSET ?"
+    else:
+        matching = (
+            f"SELECT id FROM jobs INDEXED BY {index} WHERE {' AND '.join(terms)}"
+            f" {NEWEST_FIRST} LIMIT ? OFFSET ?"
+        )
+    return f"SELECT {COLUMNS} FROM jobs WHERE id IN ({matching}) {NEWEST_FIRST}"
+
+
+def _listing(conn: sqlite3.Connection, where: JobFilter) -> tuple[str, list[Any]]:
+    """The statement that lists the jobs `where` matches, and its parameters but the page's."""
+    by_queue = ("queue = ?", [where.queue]) if where.queue is not None else (ANY_QUEUE, [])
+    status = where.status.value if where.status is not None else None
+    by_status = ("status = ?", [status]) if status is not None else (ANY_STATUS, [])
+    terms: list[tuple[str, list[Any]]]
+    if where.task is None:
+        if status is None and where.queue is None:
+            return _list_jobs_statement(None, ()), []
+        index, terms = "ix_jobs_queue_newest", [by_queue, by_status]
+    else:
+        by_task = (f"{TASK.text} = ?", [where.task])
+        in_status = None
+        if status is not None:
+            (in_status,) = conn.execute(IN_STATUS, (status, where.queue, where.queue)).fetchone()
+        if in_status is not None and in_status <= STATUS_WALK_LIMIT:
+            index, terms = "ix_jobs_queue_newest", [by_queue, by_status, by_task]
+        else:
+            index, terms = "ix_jobs_task_newest", [by_task, by_queue]
+            if status is not None:
+                terms.append(by_status)
+    statement = _list_jobs_statement(index, tuple(sql for sql, _ in terms))
+    return statement, [value for _, values in terms for value in values]
 
 
 class SqliteJobStore:
     """Jobs in one SQLite file; one process at a time should run the workers against it."""
 
-    def __init__(self, database_url: str, clock: Clock) -> None:
+    def __init__(
+        self, database_url: str, clock: Clock, *, priority_aging_seconds: float = 300.0
+    ) -> None:
         self._clock = clock
+        self._aging = timedelta(seconds=priority_aging_seconds)
         self._listeners: list[Callable[[], None]] = []
-        self._engine = _create_engine(database_url)
+        self._cancel_listeners: list[Callable[[int], None]] = []
+        self._engine = open_engine(database_url)
         self._writer = GroupCommitter(self._commit)
         # The one connection that writes (pooled, and its sqlite3 connection), opened by open().
         self._pooled_write_connection: Any = None
@@ -115,7 +211,7 @@ class SqliteJobStore:
         self._checkpointer: asyncio.Task[None]
 
     async def open(self) -> None:
-        await asyncio.to_thread(self._create_schema)
+        await asyncio.to_thread(self._migrate)
         with _store_errors():
             self._pooled_write_connection = self._engine.raw_connection()
             conn = cast(sqlite3.Connection, self._pooled_write_connection.driver_connection)
@@ -123,6 +219,10 @@ class SqliteJobStore:
             conn.execute("PRAGMA wal_autocheckpoint = 0")
             # SQLite's busy handler would sleep on the event loop's thread: _begin waits instead.
             conn.execute("PRAGMA busy_timeout = 0")
+            # Every insert fires the counts trigger, so SQLite keeps a statement journal to
+            # undo the row should the trigger fail: in a temporary file, that was half the
+            # cost of an insert. The writer's temporary data is that small journal: memory.
+            conn.execute("PRAGMA temp_store = MEMORY")
         self._write_connection = conn
         self._checkpointer = asyncio.create_task(self._checkpoint_periodically())
 
@@ -142,30 +242,49 @@ class SqliteJobStore:
     def subscribe(self, on_new_jobs: Callable[[], None]) -> None:
         self._listeners.append(on_new_jobs)
 
-    async def insert_job(self, new_job: NewJob) -> Job:
+    def subscribe_cancellations(self, on_cancel: Callable[[int], None]) -> None:
+        self._cancel_listeners.append(on_cancel)
+
+    async def insert_job(self, new_job: NewJob) -> Enqueued:
         return (await self.insert_all_jobs([new_job]))[0]
 
-    async def insert_all_jobs(self, new_jobs: Sequence[NewJob]) -> list[Job]:
+    async def insert_all_jobs(self, new_jobs: Sequence[NewJob]) -> list[Enqueued]:
         now = self._clock.now()
         now_in_db = _to_db(now)
-        rows = [
-            (
-                dumps(new_job.payload),
-                new_job.max_attempts,
-                _to_db(new_job.run_at) if new_job.run_at else now_in_db,
-                now_in_db,
+        rows = []
+        for new_job in new_jobs:
+            run_at = _to_db(new_job.run_at) if new_job.run_at else now_in_db
+            claim_at = run_at
+            if new_job.priority:
+                claim_at = _to_db((new_job.run_at or now) + new_job.priority * self._aging)
+            rows.append(
+                (
+                    dumps(new_job.payload),
+                    new_job.max_attempts,
+                    new_job.queue,
+                    new_job.priority,
+                    run_at,
+                    now_in_db,
+                    claim_at,
+                    new_job.unique_key,
+                )
             )
-            for new_job in new_jobs
+        outcomes = await self._writer.write(_insert_jobs, rows)
+        enqueued = [
+            Enqueued(new_job.inserted(outcome, now), created=True)
+            if isinstance(outcome, int)
+            else Enqueued(_job_from_row(outcome), created=False)
+            for new_job, outcome in zip(new_jobs, outcomes, strict=True)
         ]
-        ids = await self._writer.write(_insert_jobs, rows)
-        for notify in self._listeners:
-            notify()
-        return [
-            new_job.inserted(job_id, now) for new_job, job_id in zip(new_jobs, ids, strict=True)
-        ]
+        if any(created for _, created in enqueued):
+            self._wake()
+        return enqueued
 
-    async def fetch_jobs(self, limit: int) -> list[Job]:
-        claimed: list[Job] = await self._writer.write(_claim_jobs, (limit, self._clock.now()))
+    async def fetch_jobs(self, limits: Mapping[str, int]) -> list[Job]:
+        if not any(limit > 0 for limit in limits.values()):
+            return []
+        claim = (dict(limits), self._clock.now(), self._aging)
+        claimed: list[Job] = await self._writer.write(_claim_jobs, claim)
         return claimed
 
     async def complete_job(self, job: Job, result: Any) -> None:
@@ -174,55 +293,128 @@ class SqliteJobStore:
 
     async def error_job(self, job: Job, error: str, retry_at: datetime | None) -> None:
         errors = dumps([*job.errors, error])
+        now = _to_db(self._clock.now())
         change: Row
         if retry_at is None:
-            now = _to_db(self._clock.now())
-            change = (JobStatus.FAILED.value, errors, _to_db(job.run_at), now, job.id)
+            change = (errors, None, None, now, job.id)
         else:
-            change = (JobStatus.QUEUED.value, errors, _to_db(retry_at), None, job.id)
+            claim_at = _to_db(retry_at + job.priority * self._aging)
+            change = (errors, _to_db(retry_at), claim_at, now, job.id)
         await self._writer.write(_fail_attempts, change)
 
     async def release_jobs(self, jobs: Sequence[Job]) -> None:
-        await asyncio.gather(*(self._writer.write(_release_jobs, (job.id,)) for job in jobs))
+        now = _to_db(self._clock.now())
+        await asyncio.gather(
+            *(self._writer.write(_release_jobs, (self._claim_at(job), now, job.id)) for job in jobs)
+        )
 
     async def rescue_orphaned_jobs(self) -> int:
         # Only one process runs workers on a SQLite file, so at start-up every running job
         # belongs to a process that has died.
-        rescued: int = await self._writer.write(_rescue_running_jobs, _to_db(self._clock.now()))
+        rescue = (self._clock.now(), self._aging)
+        rescued: int = await self._writer.write(_rescue_running_jobs, rescue)
         return rescued
 
-    async def next_run_at(self) -> datetime | None:
-        # The engine asks after every claim that left a worker idle. A lookup in the index of
-        # queued jobs takes microseconds on the writer's connection, where a thread hop cost a
-        # lone request a quarter of a millisecond; no write transaction is open between
-        # group commits, and WAL lets this read run while another process writes.
+    async def cancel_job(self, job_id: int) -> Job | None:
+        cancel = (job_id, _to_db(self._clock.now()))
+        row, conflict, asked = await self._writer.write(_cancel_jobs, cancel)
+        if conflict is not None:
+            raise JobConflict(conflict)
+        if row is None:
+            return None
+        # Told at once to this process's engine, which runs the job unless workers run in a
+        # process of their own (START_HTTP=false): that one asks cancel_requested_among.
+        if asked:
+            for on_cancel in self._cancel_listeners:
+                on_cancel(job_id)
+        return _job_from_row(row)
+
+    async def cancel_requested_among(self, job_ids: Sequence[int]) -> list[int]:
+        rows = await self._read(
+            lambda conn: conn.execute(CANCEL_REQUESTED_AMONG, (dumps(list(job_ids)),)).fetchall()
+        )
+        requested = {job_id for (job_id,) in rows}
+        return [job_id for job_id in job_ids if job_id in requested]
+
+    async def retry_job(self, job_id: int) -> Job | None:
+        retry = (job_id, self._clock.now(), self._aging)
+        row, conflict = await self._writer.write(_retry_jobs, retry)
+        if conflict is not None:
+            raise JobConflict(conflict)
+        if row is None:
+            return None
+        self._wake()
+        return _job_from_row(row)
+
+    async def next_run_at(self, limits: Mapping[str, int]) -> datetime | None:
+        # The engine asks after every claim that left a worker idle. A lookup per queue and
+        # priority in the index of queued jobs takes microseconds on the writer's connection,
+        # where a thread hop cost a lone request a quarter of a millisecond; no write
+        # transaction is open between group commits, and WAL lets this read run while another
+        # process writes.
         try:
-            row = self._write_connection.execute(NEXT_RUN_AT).fetchone()
+            rows = self._write_connection.execute(FIRST_CLAIM_ATS).fetchall()
         except sqlite3.OperationalError as exc:
             if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
                 raise StoreUnavailable(str(exc)) from exc
             # Rare (another connection recovering the file): wait in a thread instead.
-            row = await self._read(lambda conn: conn.execute(NEXT_RUN_AT).fetchone())
+            rows = await self._read(lambda conn: conn.execute(FIRST_CLAIM_ATS).fetchall())
         except sqlite3.Error as exc:
             raise StoreUnavailable(str(exc)) from exc
-        return _maybe_from_db(row[0]) if row else None
+        run_ats = [
+            _from_db(claim_at) - priority * self._aging
+            for queue, priority, claim_at in rows
+            if claim_at is not None and limits.get(_slot(queue, limits), 0) > 0
+        ]
+        return min(run_ats, default=None)
 
     async def get_job(self, job_id: int) -> Job | None:
         row = await self._read(lambda conn: conn.execute(GET_JOB, (job_id,)).fetchone())
         return _job_from_row(row) if row else None
 
-    async def list_jobs(self, status: JobStatus | None, limit: int, offset: int) -> list[Job]:
-        params: Row
-        if status is None:
-            query, params = LIST_JOBS, (limit, offset)
-        else:
-            query, params = LIST_JOBS_BY_STATUS, (status.value, limit, offset)
-        rows = await self._read(lambda conn: conn.execute(query, params).fetchall())
-        return [_job_from_row(row) for row in rows]
+    async def list_jobs(self, where: JobFilter, limit: int, offset: int) -> list[Job]:
+        def read(conn: sqlite3.Connection) -> list[Row]:
+            query, params = _listing(conn, where)
+            return conn.execute(query, [*params, limit, offset]).fetchall()
+
+        return [_job_from_row(row) for row in await self._read(read)]
 
     async def count_jobs(self) -> dict[JobStatus, int]:
         rows = await self._read(lambda conn: conn.execute(COUNT_JOBS).fetchall())
-        return {JobStatus(status): n for status, n in rows}
+        return {**dict.fromkeys(JobStatus, 0), **{JobStatus(status): n for status, n in rows}}
+
+    async def list_queues(self) -> list[QueueCounts]:
+        def read(conn: sqlite3.Connection) -> tuple[list[Row], list[Row]]:
+            return conn.execute(QUEUE_COUNTS).fetchall(), conn.execute(QUEUES).fetchall()
+
+        count_rows, queue_rows = await self._read(read)
+        counts: dict[str, dict[JobStatus, int]] = {}
+        for queue, status, n in count_rows:
+            counts.setdefault(queue, dict.fromkeys(JobStatus, 0))[JobStatus(status)] = n
+        paused = {name: bool(is_paused) for name, is_paused in queue_rows}
+        # A queue whose jobs have all been deleted keeps rows of zeros: it is no longer listed.
+        names = {name for name, by_status in counts.items() if any(by_status.values())}
+        return [
+            QueueCounts(
+                name, counts.get(name, dict.fromkeys(JobStatus, 0)), paused.get(name, False)
+            )
+            for name in sorted(names | paused.keys())
+        ]
+
+    async def pause_queue(self, name: str) -> None:
+        await self._writer.write(_set_paused, (name, True))
+
+    async def resume_queue(self, name: str) -> None:
+        await self._writer.write(_set_paused, (name, False))
+        self._wake()
+
+    def _claim_at(self, job: Job) -> str:
+        """Where a job that becomes queued again stands in line."""
+        return _to_db(job.run_at + job.priority * self._aging)
+
+    def _wake(self) -> None:
+        for notify in self._listeners:
+            notify()
 
     async def _commit(self, group: Group) -> Group:
         """Run a group of writes in one transaction.
@@ -268,14 +460,16 @@ class SqliteJobStore:
 
         return await asyncio.to_thread(run)
 
-    def _create_schema(self) -> None:
-        with _store_errors(), self._engine.begin() as conn:
-            SQLModel.metadata.create_all(conn, tables=[JobRow.metadata.tables["jobs"]])
-            exists = "SELECT 1 FROM sqlite_master WHERE name = 'job_counts'"
-            if conn.exec_driver_sql(exists).first() is None:
-                statuses = dumps([status.value for status in JobStatus])
-                for statement in COUNTS_SCHEMA:
-                    conn.exec_driver_sql(statement, (statuses,) if "?" in statement else ())
+    def _migrate(self) -> None:
+        """Bring the schema up to date: a plain read when it is, so a restart locks nothing."""
+        with _store_errors():
+            with _driver_connection(self._engine) as conn:
+                if sqlite_migrations.is_up_to_date(conn):
+                    return
+            # BEGIN IMMEDIATE (see open_engine): a process starting at the same moment waits
+            # here for the write lock, then finds nothing left to migrate.
+            with self._engine.begin() as connection:
+                sqlite_migrations.upgrade(connection)
 
 
 async def _begin(conn: sqlite3.Connection) -> None:
@@ -297,31 +491,97 @@ async def _begin(conn: sqlite3.Connection) -> None:
         delay = min(delay * 2, 0.05)
 
 
+def _slot(queue: str, limits: Mapping[str, int]) -> str:
+    """The entry of `limits` a queue's jobs count against (see jobs/store/base.py)."""
+    return queue if queue in limits else DEFAULT_QUEUE
+
+
+@lru_cache(maxsize=256)
+def _claim_statement(queues_per_priority: tuple[int, ...]) -> str:
+    """A claim of the due jobs of some queues: one index range per priority and queue, merged
+    in claim order. Its parameters: started_at, then each priority's queues, the priority,
+    its bound on claim_at and the limit, then the limit again when there are several."""
+    if len(queues_per_priority) == 1:
+        (count,) = queues_per_priority
+        due = CLAIM_ARM.format(columns="id", queues=", ".join("?" * count))
+    else:
+        arms = " UNION ALL ".join(
+            f"SELECT * FROM ({CLAIM_ARM.format(columns='id, claim_at', queues=', '.join('?' * n))})"
+            for n in queues_per_priority
+        )
+        due = f"SELECT id FROM ({arms}) ORDER BY claim_at, id LIMIT ?"
+    return CLAIM_JOBS.format(due=due)
+
+
 # The functions below run on the event loop's thread, inside the transaction of a group commit.
-# Each takes the items of every caller in the group and returns one result per item.
+# Each takes the items of every caller in the group and returns one result per item. None
+# raises for what a caller did wrong, which would fail everyone's writes: they return it.
 
 
-def _insert_jobs(conn: sqlite3.Connection, batches: list[list[Row]]) -> list[range]:
-    rows = [row for batch in batches for row in batch]
+def _insert_jobs(conn: sqlite3.Connection, batches: list[list[Row]]) -> list[Sequence[int | Row]]:
+    """Each row's new id, or the row of the job that holds its unique_key."""
+    if all(row[UNIQUE_KEY] is None for batch in batches for row in batch):
+        ids = _insert_rows(conn, [row for batch in batches for row in batch])
+        ranges: list[Sequence[int | Row]] = []
+        for batch in batches:
+            ranges.append(ids[: len(batch)])
+            ids = ids[len(batch) :]
+        return ranges
+    outcomes: list[Sequence[int | Row]] = []
+    for batch in batches:
+        outcome: list[int | Row] = []
+        plain: list[Row] = []
+        for row in batch:
+            if row[UNIQUE_KEY] is None:
+                plain.append(row)
+                continue
+            outcome += _insert_rows(conn, plain)
+            plain = []
+            inserted = conn.execute(INSERT_UNIQUE_JOB, row).fetchone()
+            if inserted is None:
+                outcome.append(conn.execute(HOLDER_OF_KEY, (row[UNIQUE_KEY],)).fetchone())
+            else:
+                outcome.append(inserted[0])
+        outcome += _insert_rows(conn, plain)
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _insert_rows(conn: sqlite3.Connection, rows: list[Row]) -> range:
+    """Insert rows that have no unique_key; their ids, in order."""
+    if not rows:
+        return range(0)
     conn.executemany(INSERT_JOB, rows)
     # Within this transaction nothing else inserts, and SQLite gives a row inserted without
     # an id the largest id so far plus one: the rows got the ids up to the last one, in order.
     (last_id,) = conn.execute("SELECT last_insert_rowid()").fetchone()
-    ids = []
-    next_id = last_id - len(rows) + 1
-    for batch in batches:
-        ids.append(range(next_id, next_id + len(batch)))
-        next_id += len(batch)
-    return ids
+    return range(last_id - len(rows) + 1, last_id + 1)
 
 
-def _claim_jobs(conn: sqlite3.Connection, requests: list[tuple[int, datetime]]) -> list[list[Job]]:
+def _claim_jobs(
+    conn: sqlite3.Connection, claims: list[tuple[dict[str, int], datetime, timedelta]]
+) -> list[list[Job]]:
     claimed = []
-    for limit, now in requests:
-        rows = conn.execute(CLAIM_DUE_JOBS, {"now": _to_db(now), "limit": limit}).fetchall()
-        batch = [_job_from_row(row) for row in rows]
-        # RETURNING promises no order.
-        batch.sort(key=lambda job: (job.run_at, job.id))
+    for limits, now, aging in claims:
+        # Per entry of `limits`: its queues with queued jobs, by priority.
+        served: dict[str, dict[int, list[str]]] = {}
+        for queue, priority in conn.execute(CLAIMABLE):
+            slot = _slot(queue, limits)
+            if limits.get(slot, 0) > 0:
+                served.setdefault(slot, {}).setdefault(priority, []).append(queue)
+        batch: list[Job] = []
+        for slot, by_priority in served.items():
+            limit = limits[slot]
+            params: list[Any] = [_to_db(now)]
+            for priority, queues in by_priority.items():
+                params += [*queues, priority, _to_db(now + priority * aging), limit]
+            if len(by_priority) > 1:
+                params.append(limit)
+            statement = _claim_statement(tuple(len(queues) for queues in by_priority.values()))
+            rows = conn.execute(statement, params).fetchall()
+            # RETURNING promises no order.
+            rows.sort(key=lambda row: (row[-1], row[ID]))
+            batch += (_job_from_row(row[:-1]) for row in rows)
         claimed.append(batch)
     return claimed
 
@@ -339,11 +599,74 @@ def _executemany(statement: str) -> WriteBatch:
 _complete_jobs = _executemany(COMPLETE_JOB)
 _fail_attempts = _executemany(FAIL_ATTEMPT)
 _release_jobs = _executemany(RELEASE_JOB)
+_set_paused = _executemany(SET_PAUSED)
 
 
-def _rescue_running_jobs(conn: sqlite3.Connection, moments: list[str]) -> list[int]:
-    params = [{"now": now, "error": LOST_WORKER_STOPPED} for now in moments]
-    return [conn.execute(RESCUE_RUNNING_JOBS, p).rowcount for p in params]
+def _rescue_running_jobs(
+    conn: sqlite3.Connection, rescues: list[tuple[datetime, timedelta]]
+) -> list[int]:
+    counts = []
+    for now, aging in rescues:
+        running = conn.execute(RUNNING_JOBS).fetchall()
+        conn.executemany(
+            RESCUE_JOB,
+            [
+                (_to_db(now), LOST_WORKER_STOPPED, _to_db(_from_db(run_at) + priority * aging), id_)
+                for id_, run_at, priority in running
+            ],
+        )
+        counts.append(len(running))
+    return counts
+
+
+def _cancel_jobs(
+    conn: sqlite3.Connection, cancels: list[tuple[int, str]]
+) -> list[tuple[Row | None, str | None, bool]]:
+    """Per cancel: the job's row as it is now, why it cannot be cancelled, and whether a
+    running job was asked to stop just now."""
+    outcomes: list[tuple[Row | None, str | None, bool]] = []
+    for job_id, now in cancels:
+        state = conn.execute(JOB_STATE, (job_id,)).fetchone()
+        if state is None:
+            outcomes.append((None, None, False))
+            continue
+        status, cancel_requested, _, _ = state
+        if status in FINISHED:
+            outcomes.append((None, f"Job {job_id} is {status}", False))
+        elif status == JobStatus.QUEUED:
+            outcomes.append(
+                (conn.execute(CANCEL_QUEUED_JOB, (now, job_id)).fetchone(), None, False)
+            )
+        elif cancel_requested:
+            outcomes.append((conn.execute(GET_JOB, (job_id,)).fetchone(), None, False))
+        else:
+            outcomes.append((conn.execute(ASK_TO_CANCEL, (job_id,)).fetchone(), None, True))
+    return outcomes
+
+
+def _retry_jobs(
+    conn: sqlite3.Connection, retries: list[tuple[int, datetime, timedelta]]
+) -> list[tuple[Row | None, str | None]]:
+    """Per retry: the job's row as it is now, or why it cannot be retried."""
+    outcomes: list[tuple[Row | None, str | None]] = []
+    for job_id, now, aging in retries:
+        state = conn.execute(JOB_STATE, (job_id,)).fetchone()
+        if state is None:
+            outcomes.append((None, None))
+            continue
+        status, _, unique_key, priority = state
+        if status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+            outcomes.append((None, f"Job {job_id} is {status}"))
+            continue
+        # Checked first: the unique index would refuse the update, failing the whole group.
+        holder = unique_key and conn.execute(HOLDER_OF_KEY, (unique_key,)).fetchone()
+        if holder:
+            conflict = f"Job {job_id} has unique_key {unique_key!r}, which job {holder[ID]} holds"
+            outcomes.append((None, conflict))
+            continue
+        change = (_to_db(now), _to_db(now + priority * aging), job_id)
+        outcomes.append((conn.execute(RETRY_JOB, change).fetchone(), None))
+    return outcomes
 
 
 def _to_db(moment: datetime) -> str:
@@ -383,7 +706,8 @@ def _job_from_row(row: Row) -> Job:
     )
 
 
-def _create_engine(database_url: str) -> Engine:
+def open_engine(database_url: str) -> Engine:
+    """An engine on the file whose connections are set up as the store needs them."""
     engine = create_engine(database_url, pool_size=5, max_overflow=10)
 
     @event.listens_for(engine, "connect")

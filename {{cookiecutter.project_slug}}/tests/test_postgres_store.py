@@ -1,0 +1,667 @@
+"""PostgreSQL only: migrations, and what several instances on one database must agree on.
+
+Each test has a schema of its own (see conftest); a second store on it plays another
+instance. Databases "made by the previous release" are built here from that release's
+schema, written out as it was, so these tests do not depend on the migrations they check.
+"""
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.engine import Connection
+from sqlmodel import SQLModel
+
+from {{ cookiecutter.package_name }}.jobs.model import DEFAULT_QUEUE, Job, JobStatus, NewJob
+from {{ cookiecutter.package_name }}.jobs.store import JobFilter, JobStore, make_store
+from {{ cookiecutter.package_name }}.jobs.store import postgres_migrations as migrations
+from {{ cookiecutter.package_name }}.jobs.store.postgres import (
+    CANCEL_CHANNEL,
+    FOLD_COUNTS,
+    LOST_LEASE_EXPIRED,
+    SCHEMA_LOCK,
+)
+from {{ cookiecutter.package_name }}.settings import Settings
+
+from .conftest import ManualClock, SettingsFactory, StoreOpener, wait_until
+
+QUEUED, RUNNING, DONE, FAILED, CANCELLED = JobStatus
+EVERY_QUEUE = {DEFAULT_QUEUE: 100}
+# The schema the last release before migrations made, as its model compiled.
+PREVIOUS_RELEASE_SCHEMA = (
+    "CREATE TABLE jobs (id BIGSERIAL NOT NULL, payload JSON NOT NULL,"
+    " status VARCHAR(16) NOT NULL, attempt INTEGER NOT NULL, max_attempts INTEGER NOT NULL,"
+    " run_at TIMESTAMP WITH TIME ZONE NOT NULL, inserted_at TIMESTAMP WITH TIME ZONE NOT NULL,"
+    " started_at TIMESTAMP WITH TIME ZONE, finished_at TIMESTAMP WITH TIME ZONE, result JSON,"
+    " errors JSON NOT NULL, locked_by VARCHAR, lease_expires_at TIMESTAMP WITH TIME ZONE,"
+    " PRIMARY KEY (id))",
+    "CREATE INDEX ix_jobs_due ON jobs (run_at, id) WHERE status = 'queued'",
+    "CREATE INDEX ix_jobs_leases ON jobs (lease_expires_at) WHERE status = 'running'",
+    "CREATE INDEX ix_jobs_newest ON jobs (inserted_at, id)",
+    "CREATE INDEX ix_jobs_status_newest ON jobs (status, inserted_at, id)",
+)
+PREVIOUS_RELEASE_COUNTS = "CREATE TABLE job_counts (status text NOT NULL, n bigint NOT NULL)"
+OLD_COLUMNS = (
+    "payload, status, attempt, max_attempts, run_at, inserted_at, started_at, finished_at,"
+    " result, errors, locked_by, lease_expires_at"
+)
+LEASE = 30
+
+
+def new_job(n: int = 0, **fields: Any) -> NewJob:
+    return NewJob(payload={"n": n}, **fields)
+
+
+async def sql(settings: Settings, *statements: str, args: tuple[Any, ...] = ()) -> list[Any]:
+    """Each statement's first value, on a connection of its own to the test's schema."""
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        return [await conn.fetchval(statement, *args) for statement in statements]
+    finally:
+        await conn.close()
+
+
+async def counts(store: JobStore) -> dict[str, int]:
+    return {str(status): n for status, n in (await store.count_jobs()).items() if n}
+
+
+async def stored(store: JobStore, job_id: int) -> Job:
+    found = await store.get_job(job_id)
+    assert found is not None
+    return found
+
+
+# --- Migrations.
+
+
+async def previous_release_database(
+    settings: Settings, jobs: list[tuple[Any, ...]], *, counts_table: bool = True
+) -> list[int]:
+    """The test's schema as the previous release left it, holding `jobs` (OLD_COLUMNS each,
+    JSON as text) and, if it had the table, their counts; returns their ids."""
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        for statement in PREVIOUS_RELEASE_SCHEMA:
+            await conn.execute(statement)
+        placeholders = ", ".join(f"${n}" for n in range(1, 13))
+        insert = f"INSERT INTO jobs ({OLD_COLUMNS}) VALUES ({placeholders}) RETURNING id"
+        ids = [await conn.fetchval(insert, *job) for job in jobs]
+        if counts_table:
+            await conn.execute(PREVIOUS_RELEASE_COUNTS)
+            # As that release appended them: a row per finished job.
+            await conn.execute(
+                "INSERT INTO job_counts (status, n) SELECT status, 1 FROM jobs"
+                " WHERE status IN ('done', 'failed')"
+            )
+        return ids
+    finally:
+        await conn.close()
+
+
+def old_row(
+    payload: str,
+    status: str,
+    *,
+    attempt: int = 0,
+    max_attempts: int = 3,
+    run_at: datetime,
+    inserted_at: datetime,
+    started_at: datetime | None = None,
+    finished_at: datetime | None = None,
+    result: str | None = None,
+    errors: str = "[]",
+    locked_by: str | None = None,
+    lease_expires_at: datetime | None = None,
+) -> tuple[Any, ...]:
+    """A row of the previous release's jobs table, OLD_COLUMNS in order, JSON as text."""
+    return (
+        payload,
+        status,
+        attempt,
+        max_attempts,
+        run_at,
+        inserted_at,
+        started_at,
+        finished_at,
+        result,
+        errors,
+        locked_by,
+        lease_expires_at,
+    )
+
+
+def every_status_of_the_previous_release(clock: ManualClock) -> list[tuple[Any, ...]]:
+    """One job in each state that release could leave a job in, every field set as it would."""
+    now = clock.now()
+    earlier, later = now - timedelta(minutes=5), now + timedelta(hours=2)
+    return [
+        old_row('{"task": "send", "n": 0}', "queued", run_at=earlier, inserted_at=earlier),
+        old_row('{"n": 1, "text": "caf\\u00e9"}', "queued", run_at=later, inserted_at=earlier),
+        old_row(
+            '{"n": 2}',
+            "queued",
+            attempt=1,
+            run_at=now,
+            inserted_at=earlier,
+            started_at=earlier,
+            errors='["RuntimeError: again"]',
+        ),
+        old_row(
+            '{"n": 3}',
+            "running",
+            attempt=1,
+            max_attempts=2,
+            run_at=earlier,
+            inserted_at=earlier,
+            started_at=now,
+            locked_by="old-instance",
+            lease_expires_at=now + timedelta(seconds=LEASE),
+        ),
+        old_row(
+            '{"n": 4}',
+            "done",
+            attempt=1,
+            run_at=earlier,
+            inserted_at=earlier,
+            started_at=earlier,
+            finished_at=now,
+            result='{"ok": [1, "two", null]}',
+        ),
+        old_row(
+            '{"n": 5}',
+            "failed",
+            attempt=2,
+            max_attempts=2,
+            run_at=earlier,
+            inserted_at=earlier,
+            started_at=earlier,
+            finished_at=now,
+            errors='["boom", "boom"]',
+        ),
+    ]
+
+
+def as_upgraded(job_id: int, row: tuple[Any, ...]) -> Job:
+    """The job a previous-release row must come back as: every field kept, the new ones
+    at their defaults."""
+    payload, status, attempt, max_attempts, run_at, inserted_at, started, finished = row[:8]
+    result, errors = row[8:10]
+    return Job(
+        id=job_id,
+        payload=json.loads(payload),
+        status=JobStatus(status),
+        attempt=attempt,
+        max_attempts=max_attempts,
+        run_at=run_at,
+        inserted_at=inserted_at,
+        started_at=started,
+        finished_at=finished,
+        result=None if result is None else json.loads(result),
+        errors=json.loads(errors),
+    )
+
+
+async def test_a_database_of_the_previous_release_upgrades_keeping_every_job_and_field(
+    open_store: StoreOpener, clock: ManualClock, settings: Settings
+) -> None:
+    rows = every_status_of_the_previous_release(clock)
+    ids = await previous_release_database(settings, rows)
+
+    store = await open_store(clock)
+
+    for job_id, row in zip(ids, rows, strict=True):
+        assert await stored(store, job_id) == as_upgraded(job_id, row)
+    assert await counts(store) == {"queued": 3, "running": 1, "done": 1, "failed": 1}
+    (queue,) = await store.list_queues()
+    assert (queue.name, queue.paused, queue.counts[QUEUED], queue.counts[DONE]) == (
+        DEFAULT_QUEUE,
+        False,
+        3,
+        1,
+    )
+    assert [job.id for job in await store.list_jobs(JobFilter(task="send"), 10, 0)] == ids[:1]
+    # The old instance's lease runs out as it would have.
+    clock.advance(LEASE + 1)
+    assert await store.rescue_orphaned_jobs() == 1
+    assert (await stored(store, ids[3])).errors == [LOST_LEASE_EXPIRED]
+    # The due queued jobs are claimed in the order they were due; the later one waits.
+    claimed = await store.fetch_jobs(EVERY_QUEUE)
+    assert [job.id for job in claimed] == [ids[0], ids[3], ids[2]]
+    retried = await store.retry_job(ids[5])
+    assert retried is not None
+    assert (retried.status, retried.max_attempts) == (QUEUED, 3)
+    assert await counts(store) == {"queued": 2, "running": 3, "done": 1}
+
+
+async def test_the_schema_after_upgrade_is_what_the_model_declares(
+    store: JobStore, settings: Settings
+) -> None:
+    differences: list[Any] = []
+    catalogs: dict[str, Any] = {}
+    migrated = (await sql(settings, "SELECT current_schema()"))[0]
+    declared = f"{migrated}_model"
+
+    def compare(connection: Connection) -> None:
+        context = MigrationContext.configure(
+            connection,
+            opts={
+                "compare_server_default": True,
+                "include_name": lambda name, type_, _: (
+                    not (type_ == "table" and name == "job_counts")
+                ),
+            },
+        )
+        differences.extend(compare_metadata(context, SQLModel.metadata))
+        # What autogenerate does not compare (index predicates and expressions, defaults),
+        # the catalogs show: the model's own tables, made in a schema beside, must read alike.
+        connection.exec_driver_sql(f"CREATE SCHEMA {declared}")
+        connection.exec_driver_sql(f"SET LOCAL search_path TO {declared}")
+        SQLModel.metadata.create_all(connection, checkfirst=False)
+        for schema in (migrated, declared):
+            columns = connection.exec_driver_sql(
+                "SELECT table_name, column_name, data_type, character_maximum_length,"
+                " is_nullable, column_default FROM information_schema.columns"
+                f" WHERE table_schema = '{schema}' AND table_name IN ('jobs', 'queues')"
+                " ORDER BY 1, 2"
+            ).all()
+            indexes = connection.exec_driver_sql(
+                f"SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = '{schema}'"
+                " AND tablename IN ('jobs', 'queues') ORDER BY 1"
+            ).all()
+            catalogs[schema] = [
+                [str(value).replace(f"{schema}.", "") for value in row]
+                for row in [*columns, *indexes]
+            ]
+        connection.exec_driver_sql(f"DROP SCHEMA {declared} CASCADE")
+
+    await migrations.run_locked(settings.database_url, compare)
+
+    assert differences == []
+    assert catalogs[migrated] == catalogs[declared]
+    assert len(catalogs[migrated]) > 20
+
+
+async def test_the_migrations_land_in_the_schema_the_url_names(
+    store: JobStore, settings: Settings
+) -> None:
+    schema = (await sql(settings, "SELECT current_schema()"))[0]
+    assert schema.startswith("test_")
+    tables = await sql(
+        settings,
+        "SELECT array_agg(tablename::text ORDER BY tablename) FROM pg_tables WHERE schemaname = $1",
+        args=(schema,),
+    )
+    assert tables == [["alembic_version", "job_counts", "jobs", "queues"]]
+    versions = await sql(settings, "SELECT array_agg(version_num) FROM alembic_version")
+    assert set(versions[0]) == migrations.head_revisions() == {"0002"}
+
+
+async def test_finished_jobs_from_before_the_counts_table_are_counted_once_it_is_made(
+    open_store: StoreOpener, clock: ManualClock, settings: Settings
+) -> None:
+    # As a database last written by a render from before the table.
+    rows = every_status_of_the_previous_release(clock)
+    await previous_release_database(settings, rows, counts_table=False)
+
+    store = await open_store(clock)
+
+    assert await counts(store) == {"queued": 3, "running": 1, "done": 1, "failed": 1}
+
+
+async def test_a_table_with_32_bit_ids_is_widened_with_its_jobs_kept(
+    open_store: StoreOpener, clock: ManualClock, settings: Settings
+) -> None:
+    rows = every_status_of_the_previous_release(clock)
+    ids = await previous_release_database(settings, rows)
+    # As a database last written by a render from before 64-bit ids.
+    await sql(
+        settings,
+        "ALTER TABLE jobs ALTER COLUMN id TYPE integer",
+        "ALTER SEQUENCE jobs_id_seq AS integer",
+        f"SELECT setval('jobs_id_seq', {2**31 - 1})",
+    )
+
+    store = await open_store(clock)
+
+    for job_id, row in zip(ids, rows, strict=True):
+        assert await stored(store, job_id) == as_upgraded(job_id, row)
+    (job, _) = await store.insert_job(new_job())
+    assert job.id == 2**31
+    assert (await stored(store, job.id)).id == 2**31
+
+
+async def test_a_32_bit_id_column_without_its_sequence_is_widened_all_the_same(
+    open_store: StoreOpener, clock: ManualClock, settings: Settings
+) -> None:
+    rows = every_status_of_the_previous_release(clock)
+    ids = await previous_release_database(settings, rows)
+    # As a table whose owner replaced the ids' sequence with ids of their own making.
+    await sql(
+        settings,
+        "ALTER TABLE jobs ALTER COLUMN id TYPE integer",
+        "ALTER TABLE jobs ALTER COLUMN id DROP DEFAULT",
+        "DROP SEQUENCE jobs_id_seq",
+    )
+
+    store = await open_store(clock)
+
+    assert (await stored(store, ids[0])).payload == {"task": "send", "n": 0}
+    bigint_ids = (
+        "SELECT count(*) FROM information_schema.columns WHERE table_schema = current_schema()"
+        " AND table_name = 'jobs' AND column_name = 'id' AND data_type = 'bigint'"
+    )
+    assert await sql(settings, bigint_ids) == [1]
+
+
+@pytest.fixture
+async def schema_lock(settings: Settings) -> AsyncIterator[asyncpg.Connection]:
+    """Another session holding the schema lock, as an instance migrating right now would."""
+    conn = await asyncpg.connect(settings.database_url)
+    await conn.execute("SELECT pg_advisory_lock($1)", SCHEMA_LOCK)
+    yield conn
+    await conn.close()
+
+
+async def test_an_up_to_date_database_opens_without_waiting_for_the_schema_lock(
+    store: JobStore, open_store: StoreOpener, clock: ManualClock, schema_lock: asyncpg.Connection
+) -> None:
+    (job, _) = await store.insert_job(new_job())
+
+    again = await asyncio.wait_for(open_store(clock), timeout=5)
+
+    assert (await stored(again, job.id)).id == job.id
+
+
+async def test_a_database_that_needs_migrating_waits_for_the_schema_lock(
+    open_store: StoreOpener, clock: ManualClock, schema_lock: asyncpg.Connection
+) -> None:
+    opening = asyncio.ensure_future(open_store(clock))
+    await asyncio.sleep(0.5)
+    assert not opening.done()
+
+    await schema_lock.execute("SELECT pg_advisory_unlock($1)", SCHEMA_LOCK)
+
+    store = await asyncio.wait_for(opening, timeout=10)
+    assert await counts(store) == {}
+
+
+async def test_instances_starting_together_on_an_empty_database_all_open_it(
+    open_store: StoreOpener, clock: ManualClock, settings: Settings
+) -> None:
+    stores = await asyncio.gather(*(open_store(clock) for _ in range(4)))
+
+    enqueued = await asyncio.gather(*(s.insert_job(new_job(n)) for n, s in enumerate(stores)))
+    assert all(created for _, created in enqueued)
+    assert await sql(settings, "SELECT count(*) FROM alembic_version") == [1]
+
+
+async def test_downgrading_to_the_baseline_and_upgrading_again_keeps_the_jobs(
+    store: JobStore, open_store: StoreOpener, clock: ManualClock, settings: Settings
+) -> None:
+    (kept, _) = await store.insert_job(new_job(queue="emails", priority=3))
+    (cancelled, _) = await store.insert_job(new_job(1))
+    await store.cancel_job(cancelled.id)
+
+    await migrations.run_locked(
+        settings.database_url,
+        lambda connection: command.downgrade(migrations.alembic_config(connection), "0001"),
+    )
+    # The baseline knew neither queues nor cancelled jobs: the job is back in the default
+    # queue, and the cancelled one counted as failed.
+    reopened = await open_store(clock)
+
+    found = await stored(reopened, kept.id)
+    assert (found.payload, found.queue, found.priority) == (kept.payload, DEFAULT_QUEUE, 0)
+    assert (await stored(reopened, cancelled.id)).status is FAILED
+    assert await counts(reopened) == {"queued": 1, "failed": 1}
+
+
+# --- Unique keys: the partial unique index decides, whichever instance inserts.
+
+
+async def test_instances_racing_to_insert_one_unique_key_create_one_job(
+    store: JobStore, open_store: StoreOpener, clock: ManualClock
+) -> None:
+    others = [await open_store(clock) for _ in range(2)]
+    stores = [store, *others]
+
+    for round_ in range(40):
+        key = f"race-{round_}"
+        # Two inserts from each instance: some share a statement, some race across.
+        outcomes = await asyncio.gather(
+            *(s.insert_job(new_job(n, unique_key=key)) for n, s in enumerate(stores * 2))
+        )
+        assert sum(created for _, created in outcomes) == 1, key
+        assert len({job.id for job, _ in outcomes}) == 1, key
+    assert await counts(store) == {"queued": 40}
+
+
+async def test_bulk_inserts_racing_with_overlapping_keys_create_each_key_once(
+    store: JobStore, open_store: StoreOpener, clock: ManualClock
+) -> None:
+    other = await open_store(clock)
+    keys = [f"k{n}" for n in range(200)]
+
+    first, second = await asyncio.gather(
+        store.insert_all_jobs([new_job(n, unique_key=key) for n, key in enumerate(keys)]),
+        other.insert_all_jobs([new_job(n, unique_key=key) for n, key in enumerate(reversed(keys))]),
+    )
+
+    by_key: dict[str, set[int]] = {}
+    for job, _ in [*first, *second]:
+        assert job.unique_key is not None
+        by_key.setdefault(job.unique_key, set()).add(job.id)
+    assert all(len(ids) == 1 for ids in by_key.values())
+    assert sum(created for _, created in [*first, *second]) == 200
+    assert await counts(store) == {"queued": 200}
+
+
+async def test_an_insert_waits_for_an_uncommitted_holder_and_names_it_once_committed(
+    store: JobStore, settings: Settings, clock: ManualClock
+) -> None:
+    other = await asyncpg.connect(settings.database_url)
+    try:
+        transaction = other.transaction()
+        await transaction.start()
+        holder = await other.fetchval(
+            "INSERT INTO jobs (payload, status, attempt, max_attempts, queue, priority,"
+            " unique_key, cancel_requested, run_at, claim_at, inserted_at, errors)"
+            " VALUES ('{}', 'queued', 0, 3, 'default', 0, 'k', false, $1, $1, $1, '[]')"
+            " RETURNING id",
+            clock.now(),
+        )
+        inserting = asyncio.create_task(store.insert_job(new_job(unique_key="k")))
+        await asyncio.sleep(0.3)
+        assert not inserting.done()
+
+        await transaction.commit()
+
+        job, created = await asyncio.wait_for(inserting, timeout=5)
+        assert (job.id, created) == (holder, False)
+    finally:
+        await other.close()
+
+
+async def test_an_insert_waiting_on_a_holder_that_rolls_back_creates_the_job(
+    store: JobStore, settings: Settings, clock: ManualClock
+) -> None:
+    other = await asyncpg.connect(settings.database_url)
+    try:
+        transaction = other.transaction()
+        await transaction.start()
+        await other.execute(
+            "INSERT INTO jobs (payload, status, attempt, max_attempts, queue, priority,"
+            " unique_key, cancel_requested, run_at, claim_at, inserted_at, errors)"
+            " VALUES ('{}', 'queued', 0, 3, 'default', 0, 'k', false, $1, $1, $1, '[]')",
+            clock.now(),
+        )
+        inserting = asyncio.create_task(store.insert_job(new_job(unique_key="k")))
+        await asyncio.sleep(0.3)
+
+        await transaction.rollback()
+
+        job, created = await asyncio.wait_for(inserting, timeout=5)
+        assert created
+        assert (await stored(store, job.id)).unique_key == "k"
+    finally:
+        await other.close()
+
+
+# --- Pause, cancel and retry across instances.
+
+
+async def test_a_queue_paused_through_one_instance_is_not_claimed_by_another(
+    store: JobStore, open_store: StoreOpener, clock: ManualClock
+) -> None:
+    other = await open_store(clock)
+    (held, _) = await store.insert_job(new_job(queue="emails"))
+    (free, _) = await store.insert_job(new_job())
+
+    await store.pause_queue("emails")
+
+    assert [job.id for job in await other.fetch_jobs({DEFAULT_QUEUE: 5})] == [free.id]
+    assert await other.fetch_jobs({"emails": 5}) == []
+    restarted = await open_store(clock)
+    assert await restarted.fetch_jobs({"emails": 5}) == []
+    assert [q.paused for q in await restarted.list_queues() if q.name == "emails"] == [True]
+
+    woken: list[bool] = []
+    other.subscribe(lambda: woken.append(True))
+    await store.resume_queue("emails")
+    await wait_until(lambda: bool(woken), timeout=2, message="the other instance to wake")
+    assert [job.id for job in await other.fetch_jobs({"emails": 5})] == [held.id]
+
+
+async def test_a_pause_written_by_hand_holds_at_the_next_claim(
+    store: JobStore, settings: Settings
+) -> None:
+    # The claim itself reads the queues table: nothing the store remembers.
+    await store.insert_job(new_job(queue="emails"))
+    await sql(settings, "INSERT INTO queues (name, paused) VALUES ('emails', true)")
+
+    assert await store.fetch_jobs({"emails": 5, DEFAULT_QUEUE: 5}) == []
+    assert await store.next_run_at({"emails": 5, DEFAULT_QUEUE: 5}) is None
+
+    await sql(settings, "UPDATE queues SET paused = false")
+    assert len(await store.fetch_jobs({DEFAULT_QUEUE: 5})) == 1
+
+
+async def test_a_cancel_asked_through_one_instance_is_heard_at_once_by_every_instance(
+    store: JobStore, open_store: StoreOpener, clock: ManualClock
+) -> None:
+    other = await open_store(clock)
+    heard_here: list[int] = []
+    heard_there: list[int] = []
+    store.subscribe_cancellations(heard_here.append)
+    other.subscribe_cancellations(heard_there.append)
+    first, second = [job for job, _ in await store.insert_all_jobs([new_job(0), new_job(1)])]
+    await store.fetch_jobs(EVERY_QUEUE)
+    asked = time.monotonic()
+
+    await other.cancel_job(first.id)
+
+    # Well within the engine's poll interval (1 s by default): NOTIFY, not polling.
+    await wait_until(
+        lambda: heard_here == heard_there == [first.id],
+        timeout=0.5,
+        message="both instances to hear the cancel",
+    )
+    assert time.monotonic() - asked < 0.5
+    # Asked again, nobody is told again: notices arrive in order, so the second job's
+    # would come after a repeated first one.
+    await other.cancel_job(first.id)
+    await store.cancel_job(second.id)
+    await wait_until(lambda: heard_here == heard_there == [first.id, second.id], timeout=2)
+
+
+async def test_with_notify_off_a_cancel_is_told_here_and_found_elsewhere_by_asking(
+    make_settings: SettingsFactory, clock: ManualClock
+) -> None:
+    settings = make_settings(database_notify=False)
+    store, other = make_store(settings, clock), make_store(settings, clock)
+    await store.open()
+    await other.open()
+    try:
+        heard_here: list[int] = []
+        heard_there: list[int] = []
+        store.subscribe_cancellations(heard_here.append)
+        other.subscribe_cancellations(heard_there.append)
+        (job, _) = await store.insert_job(new_job())
+        await store.fetch_jobs(EVERY_QUEUE)
+
+        await other.cancel_job(job.id)
+
+        assert (heard_here, heard_there) == ([], [job.id])
+        assert await store.cancel_requested_among([job.id]) == [job.id]
+    finally:
+        await store.close()
+        await other.close()
+
+
+async def test_cancels_are_notified_on_a_channel_of_their_own_with_the_job_id(
+    store: JobStore, settings: Settings
+) -> None:
+    listener = await asyncpg.connect(settings.database_url)
+    heard: list[tuple[str, str]] = []
+    await listener.add_listener(CANCEL_CHANNEL, lambda *args: heard.append((args[2], args[3])))
+    try:
+        (job, _) = await store.insert_job(new_job())
+        await store.fetch_jobs(EVERY_QUEUE)
+
+        await store.cancel_job(job.id)
+
+        await wait_until(lambda: heard == [(CANCEL_CHANNEL, str(job.id))], timeout=2)
+    finally:
+        await listener.close()
+
+
+async def test_a_retry_through_one_instance_wakes_the_others(
+    store: JobStore, open_store: StoreOpener, clock: ManualClock
+) -> None:
+    other = await open_store(clock)
+    (job, _) = await store.insert_job(new_job())
+    await store.cancel_job(job.id)
+    woken: list[bool] = []
+    other.subscribe(lambda: woken.append(True))
+
+    await store.retry_job(job.id)
+
+    await wait_until(lambda: bool(woken), timeout=2, message="the other instance to wake")
+    assert [claimed.id for claimed in await other.fetch_jobs(EVERY_QUEUE)] == [job.id]
+
+
+# --- Counts: per queue and status, kept apart from the jobs table.
+
+
+async def test_counts_per_queue_follow_cancels_and_retries_through_folding(
+    store: JobStore, settings: Settings
+) -> None:
+    jobs = [
+        job
+        for job, _ in await store.insert_all_jobs(
+            [new_job(0, queue="emails"), new_job(1, queue="emails"), new_job(2), new_job(3)]
+        )
+    ]
+    await store.cancel_job(jobs[0].id)
+    done, failed = await store.fetch_jobs({DEFAULT_QUEUE: 2, "emails": 0})
+    await store.complete_job(done, None)
+    await store.error_job(failed, "give up", None)
+    await sql(settings, FOLD_COUNTS)
+    await store.retry_job(jobs[0].id)
+    await store.retry_job(failed.id)
+
+    queues = {q.name: {s: n for s, n in q.counts.items() if n} for q in await store.list_queues()}
+
+    assert queues == {"default": {QUEUED: 1, DONE: 1}, "emails": {QUEUED: 2}}
+    assert await counts(store) == {"queued": 3, "done": 1}
+    await sql(settings, FOLD_COUNTS)
+    assert await counts(store) == {"queued": 3, "done": 1}
+    assert await sql(settings, "SELECT count(*) FROM job_counts") == [1]
