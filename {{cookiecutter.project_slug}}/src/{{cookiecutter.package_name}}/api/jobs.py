@@ -7,7 +7,7 @@ from fastapi import APIRouter, Depends, Header, HTTPException, Path, Query, Requ
 from fastapi.responses import JSONResponse
 
 from ..events import EventBus, JobCancelled, JobEnqueued
-from ..jobs.model import QUEUE_NAME_PATTERN, Job, JobStatus, NewJob, ScheduledJob
+from ..jobs.model import NO_NUL, QUEUE_NAME_PATTERN, Job, JobStatus, NewJob, ScheduledJob
 from ..jobs.registry import TaskRegistry
 from ..jobs.store import Enqueued, JobFilter, JobStore
 from .deps import StoreDep
@@ -141,7 +141,7 @@ async def list_jobs(
     ] = None,
     task: Annotated[
         str | None,
-        Query(min_length=1, max_length=200, description="Only jobs that name this task."),
+        Query(min_length=1, max_length=200, pattern=NO_NUL, description="Only jobs of this task."),
     ] = None,
     page: Annotated[int, Query(ge=1, description="Page number, from 1.")] = 1,
     per_page: Annotated[

@@ -47,6 +47,7 @@ EXAMPLE_MOMENT = "2025-12-28T17:24:48.957749Z"
 DEFAULT_QUEUE = "default"
 MAX_PRIORITY = 9
 QUEUE_NAME_PATTERN = r"^[a-z0-9_-]{1,64}$"
+NO_NUL = r"^[^\x00]*$"
 
 
 class JobStatus(StrEnum):
@@ -141,6 +142,8 @@ class JobBase(BaseModel):
         default=None,
         min_length=1,
         max_length=200,
+        # Without NUL: text columns cannot hold it.
+        pattern=NO_NUL,
         description="While a queued or running job has this key, submitting another with it"
         " creates nothing and answers with the existing job's id.",
         examples=["invoice-2025-0042"],
