@@ -1,9 +1,9 @@
-"""A database made by the previous release upgrades at start-up and keeps every job.
+"""A database made by an earlier release upgrades at start-up and keeps every job.
 
-The previous release is rendered from this repository's own history (PREVIOUS_RELEASE), its
-store fills a database with jobs in every status it has, and the current render's store then
-opens that database: its migrations run, and every job must come back with every field it
-had, the new fields at their defaults, and the queued ones still claimable.
+Each release in RELEASES is rendered from this repository's own history, its store fills a
+database with jobs in every status it has, and the current render's store then opens that
+database: its migrations run, and every job must come back with every field it had, fields
+added since at their defaults, paused queues still paused, the due ones still claimable.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tarfile
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,11 @@ from cookiecutter.main import cookiecutter
 from .baking import TEMPLATE_DIR, Bake
 from .databases import UNREACHABLE, database_of_its_own, run_sql
 
-# The last release landed before the schema became versioned migrations.
-PREVIOUS_RELEASE = "8803f57c1f583586d541c5e1bd0c30841f314798"
-DURABLE_STORES = ["sqlite", "postgres"]
-# Run by the previous release: every status it knows, and a retry waiting for later.
-FILL = """
+# Releases whose databases the current render must upgrade: what each one fills a database
+# with (every status it has, a retry waiting for later) and the fields added since.
+BEFORE_MIGRATIONS = "8803f57c1f583586d541c5e1bd0c30841f314798"
+FIRST_WITH_MIGRATIONS = "7e91a73824ab133d79be6496ca75e0cb06b54e8d"
+FILL_BEFORE_MIGRATIONS = """
 import asyncio, json
 from datetime import timedelta
 from job_service.jobs.clock import SystemClock
@@ -54,6 +55,51 @@ async def main():
 
 asyncio.run(main())
 """
+FILL_WITH_QUEUES = """
+import asyncio, json
+from datetime import timedelta
+from job_service.jobs.clock import SystemClock
+from job_service.jobs.store import JobFilter, NewJob, make_store
+from job_service.settings import Settings
+
+def new(n, **fields):
+    payload = {"task": "report", "n": n, "text": "caf\\u00e9"}
+    return NewJob(payload=payload, max_attempts=2, **fields)
+
+async def main():
+    clock = SystemClock()
+    store = make_store(Settings(), clock)
+    await store.open()
+    await store.insert_all_jobs(
+        [new(n, queue="reports" if n % 2 else "default", priority=n, unique_key=f"k{n}")
+         for n in range(5)]
+    )
+    done, failed, retried, cancelled, _running = await store.fetch_jobs({"default": 5})
+    await store.complete_job(done, {"ok": [1, "two", None]})
+    await store.error_job(failed, "RuntimeError: boom", None)
+    await store.error_job(retried, "RuntimeError: again", clock.now() + timedelta(hours=1))
+    await store.cancel_job(cancelled.id)
+    await store.error_job(cancelled, "CancelledError", None)
+    await store.insert_all_jobs([new(5, queue="reports", priority=7, unique_key="k5"), new(6)])
+    await store.insert_job(NewJob(payload={"n": "later"}, run_at=clock.now() + timedelta(days=9)))
+    (queued_cancelled,) = await store.insert_all_jobs([new(7, queue="reports")])
+    await store.cancel_job(queued_cancelled.job.id)
+    await store.pause_queue("held")
+    jobs = await store.list_jobs(JobFilter(), 100, 0)
+    print(json.dumps([job.model_dump(mode="json") for job in jobs]))
+    await store.close()
+
+asyncio.run(main())
+"""
+DURABLE_STORES = ["sqlite", "postgres"]
+RELEASES = {
+    BEFORE_MIGRATIONS: (
+        FILL_BEFORE_MIGRATIONS,
+        {"queue": "default", "priority": 0, "unique_key": None, "cancel_requested": False},
+        [],
+    ),
+    FIRST_WITH_MIGRATIONS: (FILL_WITH_QUEUES, {}, ["held"]),
+}
 # Run by the current render, twice: the second start finds nothing to migrate.
 READ = """
 import asyncio, json
@@ -66,7 +112,9 @@ async def main():
     await store.open()
     jobs = await store.list_jobs(JobFilter(), 100, 0)
     counts = {str(status): n for status, n in (await store.count_jobs()).items()}
-    print(json.dumps({"jobs": [job.model_dump(mode="json") for job in jobs], "counts": counts}))
+    paused = [queue.name for queue in await store.list_queues() if queue.paused]
+    jobs = [job.model_dump(mode="json") for job in jobs]
+    print(json.dumps({"jobs": jobs, "counts": counts, "paused": paused}))
     await store.close()
 
 asyncio.run(main())
@@ -86,20 +134,24 @@ async def main():
 
 asyncio.run(main())
 """
-NEW_FIELDS = {"queue": "default", "priority": 0, "unique_key": None, "cancel_requested": False}
+
+
+@pytest.fixture(scope="module", params=list(RELEASES), ids=lambda release: release[:7])
+def release(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture(scope="module")
-def previous_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The template as it was at PREVIOUS_RELEASE, from this repository's history."""
+def previous_template(release: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The template as it was at `release`, from this repository's history."""
     archive = subprocess.run(
-        ["git", "-C", str(TEMPLATE_DIR), "archive", "--format=tar", PREVIOUS_RELEASE],
+        ["git", "-C", str(TEMPLATE_DIR), "archive", "--format=tar", release],
         capture_output=True,
         check=False,
     )
     if archive.returncode != 0:
         pytest.fail(
-            f"cannot read release {PREVIOUS_RELEASE[:12]} from git (a full clone is needed):"
+            f"cannot read release {release[:12]} from git (a full clone is needed):"
             f" {archive.stderr.decode().strip()}"
         )
     target = tmp_path_factory.mktemp("previous-template")
@@ -152,7 +204,8 @@ def run_in(project: Path, script: str, database_url: str) -> Any:
 
 
 @pytest.mark.parametrize("database_url", DURABLE_STORES, indirect=True, ids=DURABLE_STORES)
-def test_a_database_of_the_previous_release_upgrades_keeping_every_job(
+def test_a_database_of_an_earlier_release_upgrades_keeping_every_job(
+    release: str,
     previous_template: Path,
     bake: Bake,
     cookiecutter_config: Path,
@@ -170,8 +223,10 @@ def test_a_database_of_the_previous_release_upgrades_keeping_every_job(
         )
     )
     current = bake(job_store=store)
-    before = run_in(previous, FILL, database_url)
-    assert sorted({job["status"] for job in before}) == ["done", "failed", "queued", "running"]
+    fill, new_fields, paused = RELEASES[release]
+    before = run_in(previous, fill, database_url)
+    statuses = {"done", "failed", "queued", "running"}
+    assert statuses <= {job["status"] for job in before}
 
     upgraded = run_in(current, READ, database_url)
     again = run_in(current, READ, database_url)
@@ -179,9 +234,17 @@ def test_a_database_of_the_previous_release_upgrades_keeping_every_job(
     after = {job["id"]: job for job in upgraded["jobs"]}
     assert sorted(after) == sorted(job["id"] for job in before)
     for job in before:
-        assert after[job["id"]] == {**job, **NEW_FIELDS}
+        assert after[job["id"]] == {**job, **new_fields}
     nonzero = {status: n for status, n in upgraded["counts"].items() if n}
     assert nonzero == Counter(job["status"] for job in before)
+    assert upgraded["paused"] == paused
     assert again == upgraded
-    # The queued jobs that are due are claimed as before: the two never started.
-    assert run_in(current, CLAIM, database_url) == [4, 5]
+    # The queued jobs that are due are claimed as before.
+    now = datetime.now(UTC)
+    due = [
+        job["payload"]["n"]
+        for job in before
+        if job["status"] == "queued" and datetime.fromisoformat(job["run_at"]) <= now
+    ]
+    assert due
+    assert run_in(current, CLAIM, database_url) == sorted(due)

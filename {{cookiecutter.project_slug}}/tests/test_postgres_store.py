@@ -301,7 +301,7 @@ async def test_the_migrations_land_in_the_schema_the_url_names(
     )
     assert tables == [["alembic_version", "job_counts", "jobs", "queues"]]
     versions = await sql(settings, "SELECT array_agg(version_num) FROM alembic_version")
-    assert set(versions[0]) == migrations.head_revisions() == {"0002"}
+    assert set(versions[0]) == migrations.head_revisions() == {"0003"}
 
 
 async def test_finished_jobs_from_before_the_counts_table_are_counted_once_it_is_made(

@@ -298,13 +298,21 @@ class JobRow(SQLModel, table=True):
 {%- else %}
         # Claiming reads only queued jobs in claim order: partial indexes keep that a short
         # walk however many finished jobs pile up; one for claims across every queue, one
-        # for claims in a named queue.
-        Index("ix_jobs_due", "claim_at", "id", {{ where }}=text("status = 'queued'")),
+        # for claims in a named queue. run_at last: jobs not yet due are skipped in the
+        # index, and walking it stays the plan before the table has statistics.
+        Index(
+            "ix_jobs_due",
+            "claim_at",
+            "id",
+            "run_at",
+            {{ where }}=text("status = 'queued'"),
+        ),
         Index(
             "ix_jobs_queue_due",
             "queue",
             "claim_at",
             "id",
+            "run_at",
             {{ where }}=text("status = 'queued'"),
         ),
 {%- endif %}
