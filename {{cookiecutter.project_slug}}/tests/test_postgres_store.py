@@ -20,6 +20,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
+from {{ cookiecutter.package_name }}.jobs import retention
 from {{ cookiecutter.package_name }}.jobs.model import DEFAULT_QUEUE, Job, JobStatus, NewJob
 from {{ cookiecutter.package_name }}.jobs.store import JobFilter, JobStore, make_store
 from {{ cookiecutter.package_name }}.jobs.store import postgres_migrations as migrations
@@ -27,6 +28,7 @@ from {{ cookiecutter.package_name }}.jobs.store.postgres import (
     CANCEL_CHANNEL,
     FOLD_COUNTS,
     LOST_LEASE_EXPIRED,
+    RETENTION_LOCK,
     SCHEMA_LOCK,
 )
 from {{ cookiecutter.package_name }}.settings import Settings
@@ -665,3 +667,52 @@ async def test_counts_per_queue_follow_cancels_and_retries_through_folding(
     await sql(settings, FOLD_COUNTS)
     assert await counts(store) == {"queued": 3, "done": 1}
     assert await sql(settings, "SELECT count(*) FROM job_counts") == [1]
+
+
+# --- Retention: one instance deletes at a time, and the counts follow.
+
+
+async def finished_jobs(store: JobStore, count: int) -> None:
+    await store.insert_all_jobs([new_job(n) for n in range(count)])
+    for job in await store.fetch_jobs({DEFAULT_QUEUE: count}):
+        await store.complete_job(job, None)
+
+
+async def test_an_instance_deletes_nothing_while_another_is_deleting(
+    store: JobStore, settings: Settings, clock: ManualClock
+) -> None:
+    await finished_jobs(store, 3)
+    clock.advance(LEASE)
+    other = await asyncpg.connect(settings.database_url)
+    try:
+        async with other.transaction():
+            await other.execute(f"SELECT pg_advisory_xact_lock({RETENTION_LOCK})")
+            assert await store.delete_finished_jobs(DONE, clock.now(), 100) == 0
+            assert await counts(store) == {"done": 3}
+    finally:
+        await other.close()
+
+    assert await store.delete_finished_jobs(DONE, clock.now(), 100) == 3
+    assert await counts(store) == {}
+
+
+async def test_instances_deleting_at_once_delete_each_job_once_and_keep_counts_right(
+    open_store: StoreOpener, store: JobStore, settings: Settings, clock: ManualClock
+) -> None:
+    await finished_jobs(store, 500)
+    others = [await open_store(clock) for _ in range(2)]
+    clock.advance(LEASE)
+    keep = {DONE: timedelta(seconds=1)}
+
+    deleted = await asyncio.gather(
+        *(retention.delete_expired_jobs(one, keep, clock) for one in [store, *others])
+    )
+
+    # Whoever found the lock taken stopped; the rounds after it delete the rest.
+    while remaining := await retention.delete_expired_jobs(store, keep, clock):
+        deleted.append(remaining)
+    assert sum(deleted) == 500
+    assert await sql(settings, "SELECT count(*) FROM jobs") == [0]
+    assert await counts(store) == {}
+    await sql(settings, FOLD_COUNTS)
+    assert await sql(settings, "SELECT count(*) FROM job_counts") == [0]

@@ -2,10 +2,12 @@
 
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
+from {{ cookiecutter.package_name }}.jobs.model import JobStatus
 from {{ cookiecutter.package_name }}.settings import Settings, SettingsError, load_settings
 
 
@@ -38,6 +40,23 @@ def test_defaults_are_the_documented_ones_and_the_template_answers() -> None:
     assert (settings.retry_backoff_base, settings.retry_backoff_max) == (1.0, 300.0)
     assert settings.shutdown_grace == 25.0
     assert settings.max_body_bytes == 1_048_576
+    day = 24 * 60 * 60
+    assert settings.retention == {
+        JobStatus.DONE: timedelta(seconds=7 * day),
+        JobStatus.FAILED: timedelta(seconds=30 * day),
+        JobStatus.CANCELLED: timedelta(seconds=7 * day),
+    }
+    assert settings.retention_interval == 60.0
+
+
+def test_a_retention_of_zero_keeps_that_status_for_good(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RETAIN_DONE_SECONDS", "0")
+    monkeypatch.setenv("RETAIN_FAILED_SECONDS", "3600")
+
+    assert load_settings().retention == {
+        JobStatus.FAILED: timedelta(hours=1),
+        JobStatus.CANCELLED: timedelta(days=7),
+    }
 
 
 def test_environment_variables_are_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -131,6 +150,10 @@ def test_queues_name_each_served_queue_and_its_limit(monkeypatch: pytest.MonkeyP
         ("QUEUES", ","),
         ("QUEUES", "default=2,emails=2000"),
         ("PRIORITY_AGING_SECONDS", "-1"),
+        ("RETAIN_DONE_SECONDS", "-1"),
+        ("RETAIN_FAILED_SECONDS", "a week"),
+        ("RETAIN_CANCELLED_SECONDS", "1e12"),
+        ("RETENTION_INTERVAL", "0"),
 {%- if cookiecutter.job_store == "postgres" %}
         ("DATABASE_URL", "mysql://localhost/jobs"),
         ("DATABASE_NOTIFY", "sometimes"),

@@ -1,8 +1,9 @@
 """Builds the application: routes, error handling, and the lifespan that runs the engine."""
 
+import asyncio
 import sys
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
 
@@ -15,6 +16,7 @@ from .events import EventBus
 from .jobs.clock import Clock, SystemClock
 from .jobs.engine import Engine
 from .jobs.registry import TaskRegistry
+from .jobs.retention import keep_deleting_expired_jobs
 from .jobs.store import make_store
 from .jobs.tasks import registry as default_registry
 from .logs import configure_logging, log_job_events
@@ -58,13 +60,25 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await store.open()
+        retention: asyncio.Task[None] | None = None
         try:
             if engine is not None:
                 await engine.start()
+                # The processes that run workers keep the store tidy; HTTP-only ones leave it.
+                if settings.retention:
+                    retention = asyncio.create_task(
+                        keep_deleting_expired_jobs(
+                            store, settings.retention, clock, settings.retention_interval
+                        )
+                    )
             yield
             if engine is not None:
                 await engine.stop(settings.shutdown_grace)
         finally:
+            if retention is not None:
+                retention.cancel()
+                with suppress(asyncio.CancelledError):
+                    await retention
             await store.close()
 {%- if cookiecutter.use_metrics == "yes" %}
             service_metrics.close()

@@ -1,6 +1,7 @@
 """Every knob of the service, read once from the environment (and a `.env` file)."""
 
 import re
+from datetime import timedelta
 {% if cookiecutter.job_store == "sqlite" or cookiecutter.use_metrics == "yes" -%}
 from pathlib import Path
 {% endif -%}
@@ -9,9 +10,12 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from .jobs.model import DEFAULT_QUEUE, QUEUE_NAME_PATTERN
+from .jobs.model import DEFAULT_QUEUE, QUEUE_NAME_PATTERN, JobStatus
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
+DAY = 24 * 60 * 60
+# Up to a century: older cutoffs are out of datetime's range and mean "keep" anyway (0).
+RetentionSeconds = Annotated[float, Field(ge=0, le=100 * 365 * DAY)]
 
 
 class SettingsError(Exception):
@@ -63,6 +67,12 @@ class Settings(BaseSettings):
     max_body_bytes: Annotated[int, Field(ge=1)] = 1_048_576
     # Idle workers look for due jobs at least this often, whatever wakes them sooner.
     poll_interval: Annotated[float, Field(gt=0, le=60)] = 1.0
+    # Finished jobs are deleted once they finished this long ago, per status (0: kept for
+    # good), checked every RETENTION_INTERVAL by the processes that run workers.
+    retain_done_seconds: RetentionSeconds = 7 * DAY
+    retain_failed_seconds: RetentionSeconds = 30 * DAY
+    retain_cancelled_seconds: RetentionSeconds = 7 * DAY
+    retention_interval: PositiveSeconds = 60.0
 {%- if cookiecutter.use_metrics == "yes" %}
     # An empty directory shared by processes that answer on one port (uvicorn --workers N):
     # each keeps its metrics there and /metrics reports them all. prometheus_client reads it
@@ -97,6 +107,16 @@ class Settings(BaseSettings):
     def queue_limits(self) -> dict[str, int]:
         """Each served queue and how many of its jobs run at once (see `queues`)."""
         return dict(self.queues) if self.queues else {DEFAULT_QUEUE: self.worker_pool_size}
+
+    @property
+    def retention(self) -> dict[JobStatus, timedelta]:
+        """How long finished jobs are kept, for each status whose jobs are ever deleted."""
+        retain = {
+            JobStatus.DONE: self.retain_done_seconds,
+            JobStatus.FAILED: self.retain_failed_seconds,
+            JobStatus.CANCELLED: self.retain_cancelled_seconds,
+        }
+        return {status: timedelta(seconds=seconds) for status, seconds in retain.items() if seconds}
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

@@ -115,6 +115,13 @@ class JobStore(Protocol):
         """The earliest run_at among queued jobs that `fetch_jobs(limits)` could claim once
         due (queues with a limit above 0, not paused), or None when there are none."""
 
+    async def delete_finished_jobs(
+        self, status: JobStatus, finished_before: datetime, limit: int
+    ) -> int:
+        """Delete up to `limit` jobs in `status` (done, failed or cancelled) that finished
+        before `finished_before`; return how many. The counts by status drop with them. 0
+        when another instance is deleting now: one instance at a time does this work."""
+
     async def get_job(self, job_id: int) -> Job | None:
         """One job by id."""
 

@@ -26,10 +26,12 @@ class MemoryJobStore:
         # requeued; claims skip them.
         self._scheduled: dict[str, list[tuple[datetime, int]]] = defaultdict(list)
         self._ready: dict[str, list[tuple[datetime, int, datetime]]] = defaultdict(list)
-        self._by_status: dict[JobStatus, set[int]] = {status: set() for status in JobStatus}
-        # Ids in ascending order, per queue and per task, for listings by either.
-        self._by_queue: dict[str, list[int]] = defaultdict(list)
-        self._by_task: dict[str, list[int]] = defaultdict(list)
+        # Ids (as dict keys, for their order) per status in the order jobs entered it: a
+        # finished status's oldest first, for retention. Per queue and per task ascending,
+        # for listings by either.
+        self._by_status: dict[JobStatus, dict[int, None]] = {status: {} for status in JobStatus}
+        self._by_queue: dict[str, dict[int, None]] = defaultdict(dict)
+        self._by_task: dict[str, dict[int, None]] = defaultdict(dict)
         self._queue_counts: dict[str, dict[JobStatus, int]] = defaultdict(
             lambda: dict.fromkeys(JobStatus, 0)
         )
@@ -38,6 +40,8 @@ class MemoryJobStore:
         self._listeners: list[Callable[[], None]] = []
         self._cancel_listeners: list[Callable[[int], None]] = []
         self._last_inserted_at = datetime.min.replace(tzinfo=UTC)
+        # Ids are never given twice, even once their jobs are deleted.
+        self._last_id = 0
 
     async def open(self) -> None:
         pass
@@ -68,14 +72,15 @@ class MemoryJobStore:
             if holder is not None:
                 enqueued.append(Enqueued(self._jobs[holder].model_copy(), created=False))
                 continue
-            job_id = len(self._jobs) + 1
+            self._last_id += 1
+            job_id = self._last_id
             job = new_job.inserted(job_id, now)
             self._jobs[job_id] = job
-            self._by_status[JobStatus.QUEUED].add(job_id)
+            self._by_status[JobStatus.QUEUED][job_id] = None
             self._queue_counts[job.queue][JobStatus.QUEUED] += 1
-            self._by_queue[job.queue].append(job_id)
+            self._by_queue[job.queue][job_id] = None
             if job.task_name is not None:
-                self._by_task[job.task_name].append(job_id)
+                self._by_task[job.task_name][job_id] = None
             if job.unique_key is not None:
                 self._unique[job.unique_key] = job_id
             self._enqueue(job, now)
@@ -185,6 +190,26 @@ class MemoryJobStore:
                     run_ats.append(scheduled[0][0])
         return min(run_ats, default=None)
 
+    async def delete_finished_jobs(
+        self, status: JobStatus, finished_before: datetime, limit: int
+    ) -> int:
+        doomed: list[int] = []
+        # Oldest first: the first job that finished too recently ends the walk, as every job
+        # after it finished later (unless the wall clock stepped back, which only delays).
+        for job_id in self._by_status[status]:
+            finished_at = self._jobs[job_id].finished_at
+            if len(doomed) == limit or finished_at is None or finished_at >= finished_before:
+                break
+            doomed.append(job_id)
+        for job_id in doomed:
+            job = self._jobs.pop(job_id)
+            del self._by_status[status][job_id]
+            self._queue_counts[job.queue][status] -= 1
+            del self._by_queue[job.queue][job_id]
+            if job.task_name is not None:
+                del self._by_task[job.task_name][job_id]
+        return len(doomed)
+
     async def get_job(self, job_id: int) -> Job | None:
         job = self._jobs.get(job_id)
         return job and job.model_copy()
@@ -207,9 +232,11 @@ class MemoryJobStore:
         return {status: len(ids) for status, ids in self._by_status.items()}
 
     async def list_queues(self) -> list[QueueCounts]:
+        # A queue whose jobs have all been deleted is no longer listed, unless paused or resumed.
+        with_jobs = {name for name, counts in self._queue_counts.items() if any(counts.values())}
         return [
             QueueCounts(name, dict(self._queue_counts[name]), self._paused.get(name, False))
-            for name in sorted({*self._queue_counts, *self._paused})
+            for name in sorted(with_jobs | self._paused.keys())
         ]
 
     async def pause_queue(self, name: str) -> None:
@@ -258,23 +285,23 @@ class MemoryJobStore:
 
     def _is_current(self, job_id: int, run_at: datetime) -> bool:
         """Whether a heap entry still stands for a queued job (jobs move on, entries stay)."""
-        job = self._jobs[job_id]
-        return job.status is JobStatus.QUEUED and job.run_at == run_at
+        job = self._jobs.get(job_id)
+        return job is not None and job.status is JobStatus.QUEUED and job.run_at == run_at
 
     def _newest_first(self, where: JobFilter) -> Iterable[int]:
         """Ids to look through for `where`, newest first: the shortest list that has them."""
         total = len(self._jobs)
-        lists: list[Sequence[int]] = [range(1, total + 1)]
+        lists: list[dict[int, Any]] = [self._jobs]
         if where.queue is not None:
-            lists.append(self._by_queue.get(where.queue, []))
+            lists.append(self._by_queue.get(where.queue, {}))
         if where.task is not None:
-            lists.append(self._by_task.get(where.task, []))
+            lists.append(self._by_task.get(where.task, {}))
         shortest = min(lists, key=len)
         if where.status is not None:
             in_status = self._by_status[where.status]
             if len(in_status) < len(shortest) and len(in_status) * DENSE_SHARE < total:
                 return sorted(in_status, reverse=True)
-        return reversed(shortest)
+        return reversed(shortest.keys())
 
     @staticmethod
     def _matches(job: Job, where: JobFilter) -> bool:
@@ -304,8 +331,8 @@ class MemoryJobStore:
         job.finished_at = self._clock.now()
 
     def _move(self, job: Job, status: JobStatus) -> None:
-        self._by_status[job.status].discard(job.id)
-        self._by_status[status].add(job.id)
+        del self._by_status[job.status][job.id]
+        self._by_status[status][job.id] = None
         counts = self._queue_counts[job.queue]
         counts[job.status] -= 1
         counts[status] += 1

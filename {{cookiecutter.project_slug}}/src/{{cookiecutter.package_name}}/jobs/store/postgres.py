@@ -48,7 +48,7 @@ from .base import Enqueued, JobConflict, JobFilter, QueueCounts, StoreUnavailabl
 from .group_commit import Group, GroupCommitter
 from .postgres_migrations import SCHEMA_LOCK
 
-__all__ = ["SCHEMA_LOCK", "PostgresJobStore"]
+__all__ = ["RETENTION_LOCK", "SCHEMA_LOCK", "PostgresJobStore"]
 
 logger = logging.getLogger(__name__)
 
@@ -227,6 +227,20 @@ RETRY_JOB = (
     " SELECT queue, left_status, -1 FROM changed)"
     f" SELECT {COLUMNS}, CASE WHEN $4 THEN pg_notify('{NOTIFY_CHANNEL}', '') END FROM changed"
 )
+# One instance deletes at a time: the others find the lock taken and delete nothing until
+# their next round. A job finishes after it was inserted, so only jobs inserted before the
+# cutoff can have finished before it: the index range ends there, however many jobs
+# finished since. Rows locked now (a retry) are skipped. The counts drop by what went.
+RETENTION_LOCK = "hashtext(current_schema() || '.jobs retention')"
+DELETE_FINISHED = (
+    f"WITH turn AS (SELECT pg_try_advisory_xact_lock({RETENTION_LOCK}) AS ours),"
+    " doomed AS (SELECT id FROM jobs WHERE (SELECT ours FROM turn) AND status = $1"
+    " AND inserted_at < $2 AND finished_at < $2 LIMIT $3 FOR UPDATE SKIP LOCKED),"
+    " deleted AS (DELETE FROM jobs WHERE id IN (SELECT id FROM doomed) RETURNING queue, status),"
+    " counted AS (INSERT INTO job_counts (queue, status, n)"
+    " SELECT queue, status, -count(*) FROM deleted GROUP BY queue, status)"
+    " SELECT count(*) FROM deleted"
+)
 # $3: whether to wake every instance, as a resumed queue's jobs may be due.
 SET_PAUSED = (
     "WITH saved AS (INSERT INTO queues (name, paused) VALUES ($1, $2)"
@@ -272,7 +286,9 @@ LIST_QUEUES = (
     "WITH counted AS (SELECT queue, 'queued'::text AS status, count(*) AS n FROM jobs"
     " WHERE status = 'queued' GROUP BY queue"
     " UNION ALL SELECT queue, 'running', count(*) FROM jobs WHERE status = 'running' GROUP BY queue"
-    " UNION ALL SELECT queue, status, sum(n)::bigint FROM job_counts GROUP BY queue, status)"
+    " UNION ALL SELECT queue, status, sum(n)::bigint FROM job_counts GROUP BY queue, status"
+    # A queue whose jobs have all been deleted is no longer listed, unless paused or resumed.
+    " HAVING sum(n) <> 0)"
     " SELECT coalesce(counted.queue, queues.name), counted.status, counted.n,"
     " coalesce(queues.paused, false) FROM counted FULL JOIN queues ON queues.name = counted.queue"
 )
@@ -485,6 +501,13 @@ class PostgresJobStore:
         rows = await self._fetch(NEXT_RUN_AT, served, serves_the_rest, named, self._longest_wait)
         next_run_at: datetime | None = rows[0][0]
         return next_run_at
+
+    async def delete_finished_jobs(
+        self, status: JobStatus, finished_before: datetime, limit: int
+    ) -> int:
+        rows = await self._fetch(DELETE_FINISHED, status.value, finished_before, limit)
+        deleted: int = rows[0][0]
+        return deleted
 
     async def get_job(self, job_id: int) -> Job | None:
         rows = await self._fetch(GET_JOB, job_id)

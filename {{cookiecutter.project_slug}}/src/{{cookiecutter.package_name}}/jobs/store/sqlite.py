@@ -145,6 +145,15 @@ STATUS_WALK_LIMIT = 20_000
 IN_STATUS = (
     "SELECT coalesce(sum(n), 0) FROM job_counts WHERE status = ? AND (? IS NULL OR queue = ?)"
 )
+# A job finishes after it was inserted, so only jobs inserted before the cutoff can have
+# finished before it: the index range ends there, however many jobs finished since. The
+# job with the largest id stays: SQLite gives the next row the largest id plus one, and a
+# deleted job's id must never name another job. The counts trigger takes the rows off.
+DELETE_FINISHED = (
+    "DELETE FROM jobs WHERE id IN (SELECT id FROM jobs INDEXED BY ix_jobs_queue_newest"
+    f" WHERE {ANY_QUEUE} AND status = ?1 AND inserted_at < ?2 AND finished_at < ?2"
+    " AND id < (SELECT max(id) FROM jobs) LIMIT ?3)"
+)
 SET_PAUSED = (
     "INSERT INTO queues (name, paused) VALUES (?, ?)"
     " ON CONFLICT (name) DO UPDATE SET paused = excluded.paused"
@@ -367,6 +376,14 @@ class SqliteJobStore:
             if claim_at is not None and limits.get(_slot(queue, limits), 0) > 0
         ]
         return min(run_ats, default=None)
+
+    async def delete_finished_jobs(
+        self, status: JobStatus, finished_before: datetime, limit: int
+    ) -> int:
+        deleted: int = await self._writer.write(
+            _delete_finished_jobs, (status.value, _to_db(finished_before), limit)
+        )
+        return deleted
 
     async def get_job(self, job_id: int) -> Job | None:
         row = await self._read(lambda conn: conn.execute(GET_JOB, (job_id,)).fetchone())
@@ -617,6 +634,10 @@ def _rescue_running_jobs(
         )
         counts.append(len(running))
     return counts
+
+
+def _delete_finished_jobs(conn: sqlite3.Connection, deletes: list[Row]) -> list[int]:
+    return [conn.execute(DELETE_FINISHED, delete).rowcount for delete in deletes]
 
 
 def _cancel_jobs(
