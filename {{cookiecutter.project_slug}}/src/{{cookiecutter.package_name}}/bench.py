@@ -6,7 +6,9 @@ Measures, on this machine and with this render's job store:
      latency of one client sending one request at a time, and POST /jobs/bulk's jobs/s;
   2. end-to-end throughput of no-op jobs: enqueue N, run them all to completion;
   3. wake-up latency of an idle engine: from the insert of one job to its handler starting;
-  4. GET /jobs?page=N and GET /stats with a large store (--large-store, default 1,000,000).
+  4. GET /jobs?page=N and GET /stats with a large store (--large-store, default 1,000,000);
+  5. retention: deleting 1,000,000 expired jobs (--prune) while no-op jobs run, and those
+     jobs' throughput against a run without deleting.
 Numbers vary with the machine; compare runs made on the same one.
 """
 
@@ -28,9 +30,10 @@ import urllib.request
 {%- if cookiecutter.job_store == "postgres" %}
 import uuid
 {%- endif %}
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
 
 {% if cookiecutter.job_store == "postgres" -%}
 import asyncpg
@@ -47,11 +50,13 @@ from .api.schemas import JobAccepted
 from .app import create_app
 from .jobs.clock import SystemClock
 from .jobs.engine import Engine
-from .jobs.model import Job, JobStatus, NewJob
+from .jobs.model import DEFAULT_QUEUE, Job, JobStatus, NewJob
 from .jobs.registry import TaskRegistry
+from .jobs.retention import delete_expired_jobs
 from .jobs.store import JobStore, make_store
 from .settings import Settings, SettingsError, load_settings
 
+T = TypeVar("T")
 BARE_PATH = "/bench/bare"
 HTTP_PATHS = (BARE_PATH, "/jobs")
 # The bare endpoint and POST /jobs take turns this many times. A shared machine's speed can
@@ -79,6 +84,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=50_000, help="jobs for the end-to-end run")
     parser.add_argument("--wakeups", type=int, default=500, help="samples of wake-up latency")
     parser.add_argument("--large-store", type=int, default=1_000_000, help="0 skips the run")
+    parser.add_argument("--prune", type=int, default=1_000_000, help="expired jobs; 0 skips")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     try:
@@ -139,6 +145,9 @@ def run_benchmarks(args: argparse.Namespace) -> None:
     if args.large_store:
         with empty_store():
             event_loop.run(bench_large_store(args.large_store))
+    if args.prune:
+        with empty_store():
+            event_loop.run(bench_retention(args.prune, args.jobs))
 
 
 def serve_with_bare_endpoint(port: int) -> None:
@@ -456,6 +465,104 @@ async def bench_large_store(count: int) -> None:
                 if status != 200:
                     raise RuntimeError(f"GET {url} answered {status}")
             print(f"  GET {url:40} {statistics.median(timings):7.2f} ms")
+
+
+class ShiftedClock:
+    """Wall-clock time moved by `shift`: what runs while it is negative looks that old."""
+
+    def __init__(self, shift: timedelta) -> None:
+        self.shift = shift
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.shift
+
+
+async def bench_retention(expired: int, jobs: int) -> None:
+    """Run `jobs` no-op jobs next to `expired` done jobs past their retention: first as they
+    are, then while retention deletes them."""
+    settings = Settings()
+    retention = {JobStatus.DONE: timedelta(days=7)}
+    clock = ShiftedClock(-timedelta(days=8))
+    store = make_store(settings, clock)
+    await store.open()
+    try:
+        await finish_jobs_directly(store, expired)
+{%- if cookiecutter.job_store == "postgres" %}
+        # Those jobs took days to finish, and autovacuum would have kept up with them: do
+        # what it would have done, or the runs below walk millions of dead index entries.
+        await run_sql(os.environ["DATABASE_URL"], "VACUUM ANALYZE jobs")
+{%- endif %}
+        clock.shift = timedelta(0)
+        last_job_id = await enqueue_noop_jobs(store, jobs)
+        alone = await run_until_done(store, settings, clock, last_job_id)
+        last_job_id = await enqueue_noop_jobs(store, jobs)
+        running = asyncio.create_task(run_until_done(store, settings, clock, last_job_id))
+        pruned_for, deleted = await timed(delete_expired_jobs(store, retention, clock))
+        left = await store.count_jobs()
+        ran_while_deleting = jobs - left.get(JobStatus.QUEUED, 0) - left.get(JobStatus.RUNNING, 0)
+        beside = await running
+    finally:
+        await store.close()
+    if deleted < expired:
+        raise RuntimeError(f"retention deleted {deleted} of {expired} expired jobs")
+    # Only the part of the run that the deletes overlapped says what deleting costs.
+    overlap = min(pruned_for, beside)
+    rate_while_deleting = (jobs if beside <= pruned_for else ran_while_deleting) / overlap
+    print(f"\nRetention: {expired} expired done jobs, {jobs} no-op jobs run beside them")
+    print(f"  deleting                       {deleted / pruned_for:8.0f} jobs/s")
+    print(f"  no-op jobs, nothing deleted    {jobs / alone:8.0f} jobs/s")
+    print(
+        f"  no-op jobs, while deleting     {rate_while_deleting:8.0f} jobs/s"
+        f"   (the {overlap:.1f} s both ran)"
+    )
+
+
+async def timed(work: Coroutine[Any, Any, T]) -> tuple[float, T]:
+    """Seconds `work` took, and what it returned."""
+    started = time.perf_counter()
+    result = await work
+    return time.perf_counter() - started, result
+
+
+async def finish_jobs_directly(store: JobStore, count: int) -> None:
+    """Insert `count` jobs and finish them through the store, a thousand at a time: the
+    quickest way any store has to hold that many done jobs."""
+    for first in range(0, count, 1000):
+        await store.insert_all_jobs([NewJob(payload={"task": "noop"})] * min(1000, count - first))
+        claimed = await store.fetch_jobs({DEFAULT_QUEUE: 1000})
+        await asyncio.gather(*(store.complete_job(job, None) for job in claimed))
+
+
+async def enqueue_noop_jobs(store: JobStore, count: int) -> int:
+    """Enqueue `count` no-op jobs, a thousand at a time; the id of the last."""
+    enqueued = []
+    for first in range(0, count, 1000):
+        batch = [NewJob(payload={"task": "noop"})] * min(1000, count - first)
+        enqueued += await store.insert_all_jobs(batch)
+    return enqueued[-1].job.id
+
+
+async def run_until_done(
+    store: JobStore, settings: Settings, clock: ShiftedClock, last_job_id: int
+) -> float:
+    """Run the queued jobs with a new engine until `last_job_id` is done; seconds it took."""
+    engine = Engine(
+        store,
+        TaskRegistry(),
+        clock,
+        queues=settings.queue_limits,
+        backoff_base=settings.retry_backoff_base,
+        backoff_max=settings.retry_backoff_max,
+        poll_interval=settings.poll_interval,
+    )
+    started = time.perf_counter()
+    await engine.start()
+    # The last job is claimed last; polling it alone costs the store little.
+    while (job := await store.get_job(last_job_id)) is None or job.status is not JobStatus.DONE:
+        await asyncio.sleep(0.01)
+    took = time.perf_counter() - started
+    await engine.stop(0)
+    return took
 
 
 async def get_in_process(app: FastAPI, url: str) -> int:
