@@ -243,6 +243,10 @@ async def test_a_database_of_the_previous_release_upgrades_keeping_every_job_and
     assert await counts(store) == {"queued": 2, "running": 3, "done": 1}
 
 
+# The tables jobs/model.py declares (job_counts is the migrations' own).
+TABLES = "'jobs', 'queues', 'schedules', 'schedule_ticks'"
+
+
 async def test_the_schema_after_upgrade_is_what_the_model_declares(
     store: JobStore, settings: Settings
 ) -> None:
@@ -271,12 +275,12 @@ async def test_the_schema_after_upgrade_is_what_the_model_declares(
             columns = connection.exec_driver_sql(
                 "SELECT table_name, column_name, data_type, character_maximum_length,"
                 " is_nullable, column_default FROM information_schema.columns"
-                f" WHERE table_schema = '{schema}' AND table_name IN ('jobs', 'queues')"
+                f" WHERE table_schema = '{schema}' AND table_name IN ({TABLES})"
                 " ORDER BY 1, 2"
             ).all()
             indexes = connection.exec_driver_sql(
                 f"SELECT indexname, indexdef FROM pg_indexes WHERE schemaname = '{schema}'"
-                " AND tablename IN ('jobs', 'queues') ORDER BY 1"
+                f" AND tablename IN ({TABLES}) ORDER BY 1"
             ).all()
             catalogs[schema] = [
                 [str(value).replace(f"{schema}.", "") for value in row]
@@ -301,9 +305,11 @@ async def test_the_migrations_land_in_the_schema_the_url_names(
         "SELECT array_agg(tablename::text ORDER BY tablename) FROM pg_tables WHERE schemaname = $1",
         args=(schema,),
     )
-    assert tables == [["alembic_version", "job_counts", "jobs", "queues"]]
+    assert tables == [
+        ["alembic_version", "job_counts", "jobs", "queues", "schedule_ticks", "schedules"]
+    ]
     versions = await sql(settings, "SELECT array_agg(version_num) FROM alembic_version")
-    assert set(versions[0]) == migrations.head_revisions() == {"0003"}
+    assert set(versions[0]) == migrations.head_revisions() == {"0004"}
 
 
 async def test_finished_jobs_from_before_the_counts_table_are_counted_once_it_is_made(

@@ -8,7 +8,10 @@ import asyncio
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import timedelta
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +53,9 @@ async def record(job):
     return {"pid": os.getpid()}
 
 
+if os.environ.get("RECORD_CRON"):
+    registry.task("heartbeat", cron=os.environ["RECORD_CRON"])(record)
+
 main()
 """
 
@@ -90,7 +96,8 @@ class Instance:
         poll_until(ready, 30, f"the {self.role} instance to start")
 
 
-StartInstances = Callable[[list[str]], list[Instance]]
+# start_instances(roles, extra environment)
+StartInstances = Callable[..., list[Instance]]
 
 
 @pytest.fixture
@@ -106,9 +113,11 @@ def start_instances(
     env = {**service_env, "WORKER_POOL_SIZE": "4", "JOB_LEASE_SECONDS": "2"}
     started: list[Instance] = []
 
-    def start(roles: list[str]) -> list[Instance]:
+    def start(roles: list[str], extra_env: dict[str, str] | None = None) -> list[Instance]:
         instances = [
-            Instance(role, env, tmp_path / f"{role}-{len(started) + number}.log")
+            Instance(
+                role, {**env, **(extra_env or {})}, tmp_path / f"{role}-{len(started) + number}.log"
+            )
             for number, role in enumerate(roles)
         ]
         started.extend(instances)
@@ -226,6 +235,31 @@ def test_a_killed_workers_jobs_finish_on_the_others_once_its_leases_expire(
     assert set(map(str, lost)) == {str((2, ["lost: lease expired"]))}
     executed = {row["job_id"] for row in query(url, "SELECT DISTINCT job_id FROM executions")}
     assert executed == set(job_ids)
+
+
+def test_three_instances_on_a_one_second_schedule_enqueue_one_job_per_tick(
+    start_instances: StartInstances, store_settings: dict[str, Any]
+) -> None:
+    url = store_settings["database_url"]
+    every_second = {"RECORD_CRON": "* * * * * *"}
+    first, *_ = start_instances(["worker"] * 3, every_second)
+    time.sleep(5)
+    # A restarted instance catches up on the ticks it finds recorded: none twice.
+    stop(first.process)
+    start_instances(["worker"], every_second)
+    time.sleep(5)
+
+    per_tick = query(
+        url,
+        "SELECT run_at, count(*) AS jobs FROM jobs WHERE task = 'heartbeat'"
+        " GROUP BY run_at ORDER BY run_at",
+    )
+    assert {row["jobs"] for row in per_tick} == {1}
+    ticks = [row["run_at"] for row in per_tick]
+    assert len(ticks) >= 9
+    assert all(later - earlier == timedelta(seconds=1) for earlier, later in pairwise(ticks))
+    runs = query(url, "SELECT job_id, count(*) AS runs FROM executions GROUP BY job_id")
+    assert {row["runs"] for row in runs} == {1}
 
 
 def test_two_api_instances_racing_with_one_unique_key_create_one_job(

@@ -47,6 +47,7 @@ def test_defaults_are_the_documented_ones_and_the_template_answers() -> None:
         JobStatus.CANCELLED: timedelta(seconds=7 * day),
     }
     assert settings.retention_interval == 60.0
+    assert settings.cron_catch_up_seconds == 0.0
 
 
 def test_a_retention_of_zero_keeps_that_status_for_good(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -154,6 +155,7 @@ def test_queues_name_each_served_queue_and_its_limit(monkeypatch: pytest.MonkeyP
         ("RETAIN_FAILED_SECONDS", "a week"),
         ("RETAIN_CANCELLED_SECONDS", "1e12"),
         ("RETENTION_INTERVAL", "0"),
+        ("CRON_CATCH_UP_SECONDS", "-5"),
 {%- if cookiecutter.job_store == "postgres" %}
         ("DATABASE_URL", "mysql://localhost/jobs"),
         ("DATABASE_NOTIFY", "sometimes"),

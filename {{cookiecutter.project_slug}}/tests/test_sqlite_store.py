@@ -276,7 +276,7 @@ async def test_the_database_records_the_newest_revision(
     finally:
         conn.close()
     assert versions == [(sqlite_migrations.head(),)]
-    assert sqlite_migrations.head() == "0002"
+    assert sqlite_migrations.head() == "0003"
 
 
 def schema_version(path: Path) -> int:
@@ -322,7 +322,9 @@ async def test_stores_opening_a_new_file_at_once_migrate_it_once(
         for store in stores:
             await store.close()
     upgrades = [r.getMessage() for r in caplog.records if "Running upgrade" in r.getMessage()]
-    assert len(upgrades) == 2, upgrades  # 0001, then 0002: once each
+    # Each revision once: the stores that waited found the file migrated.
+    steps = [message.split(",")[0].removeprefix("Running upgrade ") for message in upgrades]
+    assert steps == [" -> 0001", "0001 -> 0002", "0002 -> 0003"]
 
 
 # --- What a restart keeps, and what only SQLite has to get right.

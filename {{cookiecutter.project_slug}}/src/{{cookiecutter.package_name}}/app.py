@@ -4,11 +4,12 @@ import asyncio
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
+from datetime import timedelta
 
 from fastapi import FastAPI
 
 from .about import DESCRIPTION, TITLE
-from .api import jobs, queues, system
+from .api import jobs, queues, schedules, system
 from .api.body_limit import BodySizeLimitMiddleware
 from .api.errors import document_validation_errors_as_400, install_error_handlers
 from .api.request_events import RequestEventsMiddleware
@@ -17,7 +18,8 @@ from .jobs.clock import Clock, SystemClock
 from .jobs.engine import Engine
 from .jobs.registry import TaskRegistry
 from .jobs.retention import keep_deleting_expired_jobs
-from .jobs.store import make_store
+from .jobs.scheduler import Scheduler
+from .jobs.store import JobStore, make_store
 from .jobs.tasks import registry as default_registry
 from .logs import configure_logging, log_job_events
 {%- if cookiecutter.use_metrics == "yes" %}
@@ -60,25 +62,19 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await store.open()
-        retention: asyncio.Task[None] | None = None
+        chores: list[asyncio.Task[None]] = []
         try:
             if engine is not None:
                 await engine.start()
-                # The processes that run workers keep the store tidy; HTTP-only ones leave it.
-                if settings.retention:
-                    retention = asyncio.create_task(
-                        keep_deleting_expired_jobs(
-                            store, settings.retention, clock, settings.retention_interval
-                        )
-                    )
+                chores = start_chores(store, registry, settings, clock)
             yield
             if engine is not None:
                 await engine.stop(settings.shutdown_grace)
         finally:
-            if retention is not None:
-                retention.cancel()
+            for chore in chores:
+                chore.cancel()
                 with suppress(asyncio.CancelledError):
-                    await retention
+                    await chore
             await store.close()
 {%- if cookiecutter.use_metrics == "yes" %}
             service_metrics.close()
@@ -96,6 +92,7 @@ def create_app(
     app.state.store = store
     app.state.engine = engine
     app.state.registry = registry
+    app.state.clock = clock
     app.state.events = events
 {%- if cookiecutter.use_metrics == "yes" %}
     app.state.metrics = service_metrics
@@ -109,11 +106,37 @@ def create_app(
     if settings.start_http:
         app.include_router(jobs.router)
         app.include_router(queues.router)
+        app.include_router(schedules.router)
     app.include_router(system.router)
 {%- if cookiecutter.use_metrics == "yes" %}
     service_metrics.instrument_app(app)
 {%- endif %}
     return app
+
+
+def start_chores(
+    store: JobStore, registry: TaskRegistry, settings: Settings, clock: Clock
+) -> list[asyncio.Task[None]]:
+    """What the processes that run workers do besides: enqueue the schedules' jobs, delete
+    jobs past their retention. HTTP-only processes leave both to them."""
+    chores = []
+    if registry.schedules:
+        scheduler = Scheduler(
+            store,
+            list(registry.schedules.values()),
+            clock,
+            catch_up=timedelta(seconds=settings.cron_catch_up_seconds),
+        )
+        chores.append(asyncio.create_task(scheduler.run()))
+    if settings.retention:
+        chores.append(
+            asyncio.create_task(
+                keep_deleting_expired_jobs(
+                    store, settings.retention, clock, settings.retention_interval
+                )
+            )
+        )
+    return chores
 
 
 def settings_for_process() -> Settings:

@@ -73,6 +73,9 @@ class Settings(BaseSettings):
     retain_failed_seconds: RetentionSeconds = 30 * DAY
     retain_cancelled_seconds: RetentionSeconds = 7 * DAY
     retention_interval: PositiveSeconds = 60.0
+    # At start-up a schedule's latest missed tick is enqueued, and with this window also
+    # every earlier tick missed in the last CRON_CATCH_UP_SECONDS.
+    cron_catch_up_seconds: RetentionSeconds = 0.0
 {%- if cookiecutter.use_metrics == "yes" %}
     # An empty directory shared by processes that answer on one port (uvicorn --workers N):
     # each keeps its metrics there and /metrics reports them all. prometheus_client reads it

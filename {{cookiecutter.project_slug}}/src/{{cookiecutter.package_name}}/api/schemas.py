@@ -1,6 +1,6 @@
 """The API's answers, as pydantic models: `/docs` and `/openapi.json` are built from them."""
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -74,6 +74,25 @@ class Queue(BaseModel):
         examples=[2],
     )
     jobs: Stats
+
+
+class Schedule(BaseModel):
+    """A task's schedule: its job is enqueued at every tick of `cron`, once across instances."""
+
+    name: str = Field(examples=["nightly_report"], description="The task's name.")
+    cron: str = Field(
+        examples=["0 3 * * *"], description="5 fields, or 6 with seconds first, or an alias."
+    )
+    timezone: str = Field(examples=["UTC"], description="The zone the expression is read in.")
+    payload: dict[str, Any] = Field(examples=[{"task": "nightly_report"}])
+    queue: str = Field(examples=["default"])
+    priority: int = Field(examples=[0])
+    paused: bool = Field(description="No instance enqueues its ticks until it is resumed.")
+    next_run_at: Moment | None = Field(description="Its next tick, in UTC; null while paused.")
+    last_run_at: Moment | None = Field(
+        description="Its latest tick that got a job, in UTC; null if none has yet."
+    )
+    last_job_id: int | None = Field(examples=[123], description="The job of that tick.")
 
 
 class Health(BaseModel):

@@ -387,6 +387,33 @@ class QueueRow(SQLModel, table=True):
     paused: bool = False
 
 
+class ScheduleRow(SQLModel, table=True):
+    """A task's schedule (jobs/cron.py) as every instance shares it."""
+
+    __tablename__ = "schedules"
+
+    name: str = ColumnField(primary_key=True)
+    paused: bool = False
+    # When the schedule was first seen or last resumed: a start-up catches up on no tick
+    # before it.
+    active_since: datetime = ColumnField(sa_type=MOMENT)
+
+
+class ScheduleTickRow(SQLModel, table=True):
+    """A tick that has its job. The primary key makes it one job per tick, whichever
+    instances reach the tick at once."""
+
+    __tablename__ = "schedule_ticks"
+
+    schedule: str = ColumnField(primary_key=True)
+    tick: datetime = ColumnField(primary_key=True, sa_type=MOMENT)
+{%- if cookiecutter.job_store == "postgres" %}
+    job_id: int = ColumnField(sa_type=BigInteger)
+{%- else %}
+    job_id: int
+{%- endif %}
+
+
 # The columns that make a Job, in the order stores select them.
 JOB_COLUMNS = tuple(Job.model_fields)
 {%- endif %}

@@ -1,4 +1,8 @@
-"""Which function runs a job: handlers are looked up by the job's `payload["task"]`."""
+"""Which function runs a job: handlers are looked up by the job's `payload["task"]`.
+
+A task registered with `cron=` also has a schedule: the scheduler (jobs/scheduler.py)
+enqueues its job at every tick.
+"""
 
 import inspect
 from collections.abc import Callable
@@ -6,7 +10,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .clock import SystemClock, isoformat_z
-from .model import Job
+from .cron import Schedule
+from .model import DEFAULT_QUEUE, Job, NewJob
 
 Handler = Callable[[Job], Any]
 
@@ -39,16 +44,40 @@ class TaskRegistry:
     def __init__(self) -> None:
         self._tasks: dict[str, Task] = {}
         self.default = Task("default", complete_any_job)
+        # By task name, in the order they were registered.
+        self.schedules: dict[str, Schedule] = {}
 
-    def task(self, name: str, *, timeout: float | None = None) -> Callable[[Handler], Handler]:
-        """Register the decorated function (sync or async, taking the Job) for task `name`."""
+    def task(
+        self,
+        name: str,
+        *,
+        timeout: float | None = None,
+        cron: str | None = None,
+        timezone: str = "UTC",
+        payload: dict[str, Any] | None = None,
+        queue: str = DEFAULT_QUEUE,
+        priority: int = 0,
+    ) -> Callable[[Handler], Handler]:
+        """Register the decorated function (sync or async, taking the Job) for task `name`.
+
+        With `cron`, a job of this task (`payload` plus its name as "task", in `queue` at
+        `priority`) is also enqueued at every tick of the expression, read in `timezone`.
+        """
         if timeout is not None and timeout <= 0:
             raise ValueError(f"timeout of task {name!r} must be positive, got {timeout}")
+        schedule = None
+        if cron is not None:
+            job = NewJob(payload={**(payload or {}), "task": name}, queue=queue, priority=priority)
+            schedule = Schedule(name, cron, job, timezone)
+        elif payload is not None or queue != DEFAULT_QUEUE or priority or timezone != "UTC":
+            raise ValueError(f"task {name!r}: payload, queue, priority and timezone need cron")
 
         def register(handler: Handler) -> Handler:
             if name in self._tasks:
                 raise ValueError(f"task {name!r} is already registered")
             self._tasks[name] = Task(name, handler, timeout)
+            if schedule is not None:
+                self.schedules[name] = schedule
             return handler
 
         return register

@@ -13,6 +13,13 @@ should look at `job.cancel_requested` now and then and return early.
         smtp.send(job.payload["recipient"], ...)
         return {"sent_to": job.payload["recipient"]}
 
+With `cron=`, the task also gets a job at every tick (README, "Recurring jobs"); `job.run_at`
+is the tick:
+
+    @registry.task("nightly_report", cron="0 3 * * *", timezone="Europe/Paris")
+    async def nightly_report(job: Job) -> None:
+        await build_report(for_day=job.run_at.date())
+
 The two demo tasks below show the shape; delete them when you no longer need them.
 """
 

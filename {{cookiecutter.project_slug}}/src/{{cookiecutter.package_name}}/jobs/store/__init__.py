@@ -3,7 +3,15 @@
 from ...settings import Settings
 from ..clock import Clock
 from ..model import NewJob
-from .base import Enqueued, JobConflict, JobFilter, JobStore, QueueCounts, StoreUnavailable
+from .base import (
+    Enqueued,
+    JobConflict,
+    JobFilter,
+    JobStore,
+    QueueCounts,
+    ScheduleState,
+    StoreUnavailable,
+)
 {%- if cookiecutter.job_store == "sqlite" %}
 from .sqlite import SqliteJobStore
 {%- elif cookiecutter.job_store == "postgres" %}
@@ -19,6 +27,7 @@ __all__ = [
     "JobStore",
     "NewJob",
     "QueueCounts",
+    "ScheduleState",
     "StoreUnavailable",
     "make_store",
 ]

@@ -11,7 +11,7 @@ queue absent from the mapping (when `default` is absent too) is not served at al
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple, Protocol
 
 from ..model import Job, JobStatus, NewJob
@@ -49,6 +49,23 @@ class QueueCounts:
     name: str
     counts: dict[JobStatus, int]
     paused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleState:
+    """A schedule as the store keeps it for every instance."""
+
+    name: str
+    paused: bool
+    # When it was first seen or last resumed: no tick before this is ever caught up.
+    active_since: datetime
+    last_tick: datetime | None
+    last_job_id: int | None
+
+
+# A tick stays recorded this long after a later one, so that an instance whose clock lags
+# behind by less than this finds it taken instead of enqueuing it again.
+TICKS_KEPT = timedelta(hours=1)
 
 
 class JobStore(Protocol):
@@ -140,3 +157,22 @@ class JobStore(Protocol):
 
     async def resume_queue(self, name: str) -> None:
         """Let claims from the queue start again, on every instance."""
+
+    async def add_schedules(self, names: Sequence[str]) -> None:
+        """Keep these schedules, active from now; one already kept stays as it is."""
+
+    async def enqueue_tick(self, name: str, tick: datetime, new_job: NewJob) -> Job | None:
+        """Insert `new_job` as schedule `name`'s job for `tick` and return it; None when
+        that tick already has its job, inserted by any instance, or the schedule is paused.
+        The tick and its job are recorded in one transaction."""
+
+    async def list_schedules(self) -> list[ScheduleState]:
+        """Every schedule kept, by name."""
+
+    async def pause_schedule(self, name: str) -> None:
+        """Enqueue none of the schedule's ticks, on any instance, until it is resumed; kept
+        across restarts."""
+
+    async def resume_schedule(self, name: str) -> None:
+        """Enqueue the schedule's ticks again from now on; the ones it missed while paused
+        are not caught up."""

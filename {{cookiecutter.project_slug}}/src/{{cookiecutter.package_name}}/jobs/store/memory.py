@@ -1,5 +1,6 @@
 """A job store that lives in this process: fastest, and everything is lost on restart."""
 
+import dataclasses
 import heapq
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -8,7 +9,7 @@ from typing import Any
 
 from ..clock import Clock
 from ..model import DEFAULT_QUEUE, FINISHED, UNIQUE_WHILE, Job, JobStatus, NewJob
-from .base import Enqueued, JobConflict, JobFilter, QueueCounts
+from .base import TICKS_KEPT, Enqueued, JobConflict, JobFilter, QueueCounts, ScheduleState
 
 # A status set this large a share of all jobs is walked newest first rather than sorted.
 DENSE_SHARE = 8
@@ -37,6 +38,9 @@ class MemoryJobStore:
         )
         self._unique: dict[str, int] = {}
         self._paused: dict[str, bool] = {}
+        self._schedules: dict[str, ScheduleState] = {}
+        # Per schedule, the job of each tick recorded, oldest first.
+        self._ticks: dict[str, dict[datetime, int]] = defaultdict(dict)
         self._listeners: list[Callable[[], None]] = []
         self._cancel_listeners: list[Callable[[int], None]] = []
         self._last_inserted_at = datetime.min.replace(tzinfo=UTC)
@@ -245,6 +249,41 @@ class MemoryJobStore:
     async def resume_queue(self, name: str) -> None:
         self._paused[name] = False
         self._wake()
+
+    async def add_schedules(self, names: Sequence[str]) -> None:
+        for name in names:
+            self._schedule(name)
+
+    async def enqueue_tick(self, name: str, tick: datetime, new_job: NewJob) -> Job | None:
+        schedule, ticks = self._schedule(name), self._ticks[name]
+        if schedule.paused or tick in ticks:
+            return None
+        ((job, _),) = await self.insert_all_jobs([new_job])
+        ticks[tick] = job.id
+        while next(iter(ticks)) < tick - TICKS_KEPT:
+            del ticks[next(iter(ticks))]
+        if schedule.last_tick is None or tick > schedule.last_tick:
+            self._schedules[name] = dataclasses.replace(
+                schedule, last_tick=tick, last_job_id=job.id
+            )
+        return job
+
+    async def list_schedules(self) -> list[ScheduleState]:
+        return [self._schedules[name] for name in sorted(self._schedules)]
+
+    async def pause_schedule(self, name: str) -> None:
+        self._schedules[name] = dataclasses.replace(self._schedule(name), paused=True)
+
+    async def resume_schedule(self, name: str) -> None:
+        self._schedules[name] = dataclasses.replace(
+            self._schedule(name), paused=False, active_since=self._clock.now()
+        )
+
+    def _schedule(self, name: str) -> ScheduleState:
+        """The schedule `name`, kept from now if it was not."""
+        if name not in self._schedules:
+            self._schedules[name] = ScheduleState(name, False, self._clock.now(), None, None)
+        return self._schedules[name]
 
     def _claimable(self, limits: Mapping[str, int]) -> Iterator[tuple[list[str], int]]:
         """For each served queue with room: the queues it draws from, and how many."""

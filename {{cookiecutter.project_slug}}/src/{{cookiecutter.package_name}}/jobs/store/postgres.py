@@ -44,7 +44,15 @@ from ..clock import Clock
 from ..codec import dumps
 from ..model import DEFAULT_QUEUE, FINISHED, JOB_COLUMNS, MAX_PRIORITY, TASK, Job, JobStatus, NewJob
 from . import postgres_migrations
-from .base import Enqueued, JobConflict, JobFilter, QueueCounts, StoreUnavailable
+from .base import (
+    TICKS_KEPT,
+    Enqueued,
+    JobConflict,
+    JobFilter,
+    QueueCounts,
+    ScheduleState,
+    StoreUnavailable,
+)
 from .group_commit import Group, GroupCommitter
 from .postgres_migrations import SCHEMA_LOCK
 
@@ -246,6 +254,39 @@ SET_PAUSED = (
     "WITH saved AS (INSERT INTO queues (name, paused) VALUES ($1, $2)"
     " ON CONFLICT (name) DO UPDATE SET paused = excluded.paused)"
     f" SELECT CASE WHEN $3 THEN pg_notify('{NOTIFY_CHANNEL}', '') END"
+)
+# A tick's job ($4 the schedule, $5 the tick): the tick's row goes in first, and the job
+# only with it, so of instances racing for one tick the primary key lets one insert a job
+# (the others wait for its commit, then do nothing). Its id is taken for the tick's row
+# beforehand. Ticks more than TICKS_KEPT older ($6) are forgotten.
+ENQUEUE_TICK = (
+    "WITH tick AS (INSERT INTO schedule_ticks (schedule, tick, job_id)"
+    " SELECT $4::text, $5::timestamptz, nextval('jobs_id_seq')"
+    " WHERE NOT EXISTS (SELECT 1 FROM schedules WHERE name = $4::text AND paused)"
+    " ON CONFLICT (schedule, tick) DO NOTHING RETURNING job_id),"
+    f" inserted AS (INSERT INTO jobs (id, {INSERTED_COLUMNS}) SELECT tick.job_id,"
+    f" {INSERTED_VALUES} FROM tick, {NEW_ROWS} RETURNING id),"
+    " forgotten AS (DELETE FROM schedule_ticks WHERE schedule = $4::text AND tick < $6"
+    " AND EXISTS (SELECT 1 FROM inserted))"
+    " SELECT (SELECT id FROM inserted),"
+    f" CASE WHEN $2 AND EXISTS (SELECT 1 FROM inserted) THEN pg_notify('{NOTIFY_CHANNEL}', '') END"
+)
+ADD_SCHEDULES = (
+    "INSERT INTO schedules (name, paused, active_since) SELECT unnest($1::text[]), false, $2"
+    " ON CONFLICT (name) DO NOTHING"
+)
+PAUSE_SCHEDULE = (
+    "INSERT INTO schedules (name, paused, active_since) VALUES ($1, true, $2)"
+    " ON CONFLICT (name) DO UPDATE SET paused = true"
+)
+RESUME_SCHEDULE = (
+    "INSERT INTO schedules (name, paused, active_since) VALUES ($1, false, $2)"
+    " ON CONFLICT (name) DO UPDATE SET paused = false, active_since = excluded.active_since"
+)
+SCHEDULES = (
+    "SELECT name, paused, active_since, latest.tick, latest.job_id FROM schedules"
+    " LEFT JOIN LATERAL (SELECT tick, job_id FROM schedule_ticks WHERE schedule = name"
+    " ORDER BY tick DESC LIMIT 1) AS latest ON true ORDER BY name"
 )
 # Claims and outcomes need not wait for the disk flush: if the database itself crashes and
 # loses the last of them, those jobs come back through their leases and run again. SET LOCAL,
@@ -546,6 +587,31 @@ class PostgresJobStore:
     async def resume_queue(self, name: str) -> None:
         await self._execute(SET_PAUSED, name, False, self._notify)
         self._wake_local_workers()
+
+    async def add_schedules(self, names: Sequence[str]) -> None:
+        await self._execute(ADD_SCHEDULES, list(names), self._clock.now())
+
+    async def enqueue_tick(self, name: str, tick: datetime, new_job: NewJob) -> Job | None:
+        now = self._clock.now()
+        rows = [_insert_row(new_job, now)]
+        forget_before = tick - TICKS_KEPT
+        async with self._connection() as conn:
+            job_id, _ = await conn.fetchrow(
+                ENQUEUE_TICK, rows, self._notify, self._aging, name, tick, forget_before
+            )
+        if job_id is None:
+            return None
+        self._wake_local_workers()
+        return new_job.inserted(job_id, now)
+
+    async def list_schedules(self) -> list[ScheduleState]:
+        return [ScheduleState(*row) for row in await self._fetch(SCHEDULES)]
+
+    async def pause_schedule(self, name: str) -> None:
+        await self._execute(PAUSE_SCHEDULE, name, self._clock.now())
+
+    async def resume_schedule(self, name: str) -> None:
+        await self._execute(RESUME_SCHEDULE, name, self._clock.now())
 
     # Batches: each runs once per group commit, with the items of every caller in the group.
 

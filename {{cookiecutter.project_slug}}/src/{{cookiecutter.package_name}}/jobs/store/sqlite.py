@@ -28,7 +28,15 @@ from ..clock import Clock
 from ..codec import dumps
 from ..model import DEFAULT_QUEUE, FINISHED, JOB_COLUMNS, TASK, Job, JobRow, JobStatus, NewJob
 from . import sqlite_migrations
-from .base import Enqueued, JobConflict, JobFilter, QueueCounts, StoreUnavailable
+from .base import (
+    TICKS_KEPT,
+    Enqueued,
+    JobConflict,
+    JobFilter,
+    QueueCounts,
+    ScheduleState,
+    StoreUnavailable,
+)
 from .group_commit import Group, GroupCommitter
 
 T = TypeVar("T")
@@ -158,6 +166,29 @@ SET_PAUSED = (
     "INSERT INTO queues (name, paused) VALUES (?, ?)"
     " ON CONFLICT (name) DO UPDATE SET paused = excluded.paused"
 )
+ADD_SCHEDULE = (
+    "INSERT INTO schedules (name, paused, active_since) VALUES (?, 0, ?)"
+    " ON CONFLICT (name) DO NOTHING"
+)
+PAUSE_SCHEDULE = (
+    "INSERT INTO schedules (name, paused, active_since) VALUES (?, 1, ?)"
+    " ON CONFLICT (name) DO UPDATE SET paused = 1"
+)
+RESUME_SCHEDULE = (
+    "INSERT INTO schedules (name, paused, active_since) VALUES (?, 0, ?)"
+    " ON CONFLICT (name) DO UPDATE SET paused = 0, active_since = excluded.active_since"
+)
+TICK_TAKEN = (
+    "SELECT EXISTS (SELECT 1 FROM schedules WHERE name = ?1 AND paused)"
+    " OR EXISTS (SELECT 1 FROM schedule_ticks WHERE schedule = ?1 AND tick = ?2)"
+)
+RECORD_TICK = "INSERT INTO schedule_ticks (schedule, tick, job_id) VALUES (?, ?, ?)"
+FORGET_TICKS = "DELETE FROM schedule_ticks WHERE schedule = ? AND tick < ?"
+SCHEDULES = (
+    "SELECT name, paused, active_since, tick, job_id FROM schedules"
+    " LEFT JOIN schedule_ticks ON schedule = name"
+    " AND tick = (SELECT max(tick) FROM schedule_ticks WHERE schedule = name) ORDER BY name"
+)
 # Triggers keep job_counts exact, so /stats and /queues stay instant at millions of jobs.
 COUNT_JOBS = "SELECT status, sum(n) FROM job_counts GROUP BY status"
 QUEUE_COUNTS = "SELECT queue, status, sum(n) FROM job_counts GROUP BY queue, status"
@@ -260,24 +291,7 @@ class SqliteJobStore:
     async def insert_all_jobs(self, new_jobs: Sequence[NewJob]) -> list[Enqueued]:
         now = self._clock.now()
         now_in_db = _to_db(now)
-        rows = []
-        for new_job in new_jobs:
-            run_at = _to_db(new_job.run_at) if new_job.run_at else now_in_db
-            claim_at = run_at
-            if new_job.priority:
-                claim_at = _to_db((new_job.run_at or now) + new_job.priority * self._aging)
-            rows.append(
-                (
-                    dumps(new_job.payload),
-                    new_job.max_attempts,
-                    new_job.queue,
-                    new_job.priority,
-                    run_at,
-                    now_in_db,
-                    claim_at,
-                    new_job.unique_key,
-                )
-            )
+        rows = [self._row(new_job, now, now_in_db) for new_job in new_jobs]
         outcomes = await self._writer.write(_insert_jobs, rows)
         enqueued = [
             Enqueued(new_job.inserted(outcome, now), created=True)
@@ -424,6 +438,51 @@ class SqliteJobStore:
     async def resume_queue(self, name: str) -> None:
         await self._writer.write(_set_paused, (name, False))
         self._wake()
+
+    async def add_schedules(self, names: Sequence[str]) -> None:
+        now = _to_db(self._clock.now())
+        await asyncio.gather(*(self._writer.write(_add_schedules, (name, now)) for name in names))
+
+    async def enqueue_tick(self, name: str, tick: datetime, new_job: NewJob) -> Job | None:
+        now = self._clock.now()
+        now_in_db = _to_db(now)
+        row = self._row(new_job, now, now_in_db)
+        record = (name, _to_db(tick), _to_db(tick - TICKS_KEPT), now_in_db, row)
+        job_id: int | None = await self._writer.write(_enqueue_ticks, record)
+        if job_id is None:
+            return None
+        self._wake()
+        return new_job.inserted(job_id, now)
+
+    async def list_schedules(self) -> list[ScheduleState]:
+        rows = await self._read(lambda conn: conn.execute(SCHEDULES).fetchall())
+        return [
+            ScheduleState(name, bool(paused), _from_db(since), _maybe_from_db(tick), job_id)
+            for name, paused, since, tick, job_id in rows
+        ]
+
+    async def pause_schedule(self, name: str) -> None:
+        await self._writer.write(_pause_schedules, (name, _to_db(self._clock.now())))
+
+    async def resume_schedule(self, name: str) -> None:
+        await self._writer.write(_resume_schedules, (name, _to_db(self._clock.now())))
+
+    def _row(self, new_job: NewJob, now: datetime, now_in_db: str) -> Row:
+        """The parameters that insert `new_job` (INSERT_JOB's), at `now`."""
+        run_at = _to_db(new_job.run_at) if new_job.run_at else now_in_db
+        claim_at = run_at
+        if new_job.priority:
+            claim_at = _to_db((new_job.run_at or now) + new_job.priority * self._aging)
+        return (
+            dumps(new_job.payload),
+            new_job.max_attempts,
+            new_job.queue,
+            new_job.priority,
+            run_at,
+            now_in_db,
+            claim_at,
+            new_job.unique_key,
+        )
 
     def _claim_at(self, job: Job) -> str:
         """Where a job that becomes queued again stands in line."""
@@ -617,6 +676,29 @@ _complete_jobs = _executemany(COMPLETE_JOB)
 _fail_attempts = _executemany(FAIL_ATTEMPT)
 _release_jobs = _executemany(RELEASE_JOB)
 _set_paused = _executemany(SET_PAUSED)
+_add_schedules = _executemany(ADD_SCHEDULE)
+_pause_schedules = _executemany(PAUSE_SCHEDULE)
+_resume_schedules = _executemany(RESUME_SCHEDULE)
+
+
+def _enqueue_ticks(conn: sqlite3.Connection, records: list[tuple[Any, ...]]) -> list[int | None]:
+    """Per tick: the id of the job inserted for it, or None if it was taken or paused.
+
+    This connection holds the file's write lock (BEGIN IMMEDIATE), so no other process can
+    take the tick between the check and the insert; the primary key would refuse it anyway.
+    """
+    job_ids: list[int | None] = []
+    for name, tick, forget_before, now, row in records:
+        conn.execute(ADD_SCHEDULE, (name, now))
+        (taken,) = conn.execute(TICK_TAKEN, (name, tick)).fetchone()
+        if taken:
+            job_ids.append(None)
+            continue
+        (job_id,) = _insert_rows(conn, [row])
+        conn.execute(RECORD_TICK, (name, tick, job_id))
+        conn.execute(FORGET_TICKS, (name, forget_before))
+        job_ids.append(job_id)
+    return job_ids
 
 
 def _rescue_running_jobs(
