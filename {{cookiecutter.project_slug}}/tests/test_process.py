@@ -194,4 +194,45 @@ def test_every_accepted_job_survives_kill_9_and_runs_to_done_after_a_restart(
         else:
             assert job["attempt"] == 1, job
     assert running_at_kill in lost
+
+
+# --- One process runs workers on a file.
+
+
+def test_a_second_process_on_the_file_runs_no_workers_and_takes_no_running_job(
+    start_service: ServiceStarter, service_env: dict[str, str], tmp_path: Path
+) -> None:
+    first = start_service()
+    running = first.submit({"task": "sleep", "seconds": 2})
+    poll_until(lambda: first.job(running)["status"] == "running", message="the job to run")
+
+    second = Service(service_env, tmp_path, tmp_path / "second.log")
+    try:
+
+        def refused() -> bool:
+            try:
+                health = second.http.get("/health")
+            except httpx.TransportError:
+                return False
+            degraded: bool = health.json() == {"status": "DEGRADED", "engine": "not running"}
+            return degraded
+
+        poll_until(refused, 20, "the second process to answer /health")
+        submitted = second.submit({"task": "sleep", "seconds": 0})
+        poll_until(lambda: first.job(submitted)["status"] == "done", message="the first to run it")
+        poll_until(lambda: first.job(running)["status"] == "done", message="the long job to end")
+    finally:
+        second.end()
+
+    assert (first.job(running)["attempt"], first.job(running)["errors"]) == (1, [])
+    log = second.log()
+    assert f"This process runs no workers: process {first.process.pid} already runs workers" in log
+    assert "Requeued" not in log
+    assert "Traceback" not in log
+
+    # Its lock goes with the process, however the process ends.
+    first.process.kill()
+    first.process.wait(timeout=5)
+    successor = start_service()
+    assert successor.http.get("/health").json() == {"status": "OK"}
 {%- endif %}

@@ -5,6 +5,7 @@ import asyncio
 import itertools
 import json
 import logging
+import os
 import re
 import sqlite3
 import threading
@@ -365,6 +366,22 @@ async def test_a_job_left_running_with_a_cancel_asked_is_cancelled_at_restart_no
     assert (found.status, found.finished_at) == (JobStatus.CANCELLED, clock.now())
     assert found.errors == [sqlite_store.LOST_WORKER_STOPPED]
     assert await restarted.fetch_jobs({"default": 1}) == []
+
+
+async def test_one_store_at_a_time_on_a_file_may_run_workers(
+    settings: Settings, open_store: StoreOpener, clock: ManualClock
+) -> None:
+    first = make_store(settings, clock)
+    await first.open()
+    try:
+        await first.rescue_orphaned_jobs()
+        second = await open_store(clock)
+
+        with pytest.raises(sqlite_store.WorkersRunElsewhere, match=rf"process {os.getpid()} "):
+            await second.rescue_orphaned_jobs()
+    finally:
+        await first.close()
+    assert await second.rescue_orphaned_jobs() == 0
 
 
 async def test_two_stores_on_one_file_inserting_one_unique_key_create_one_job(

@@ -1,6 +1,9 @@
 """Builds the application: routes, error handling, and the lifespan that runs the engine."""
 
 import asyncio
+{%- if cookiecutter.job_store == "sqlite" %}
+import logging
+{%- endif %}
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -20,6 +23,9 @@ from .jobs.registry import TaskRegistry
 from .jobs.retention import keep_deleting_expired_jobs
 from .jobs.scheduler import Scheduler
 from .jobs.store import JobStore, make_store
+{%- if cookiecutter.job_store == "sqlite" %}
+from .jobs.store.sqlite import WorkersRunElsewhere
+{%- endif %}
 from .jobs.tasks import registry as default_registry
 from .logs import configure_logging, log_job_events
 {%- if cookiecutter.use_metrics == "yes" %}
@@ -27,6 +33,10 @@ from .metrics import ServiceMetrics
 {%- endif %}
 from .settings import Settings, SettingsError, load_settings
 from .subscribers import subscribe
+{%- if cookiecutter.job_store == "sqlite" %}
+
+logger = logging.getLogger(__name__)
+{%- endif %}
 
 
 def create_app(
@@ -65,8 +75,18 @@ def create_app(
         chores: list[asyncio.Task[None]] = []
         try:
             if engine is not None:
+{%- if cookiecutter.job_store == "sqlite" %}
+                try:
+                    await engine.start()
+                    chores = start_chores(store, registry, settings, clock)
+                except WorkersRunElsewhere as exc:
+                    # One process runs workers on the file: this one serves HTTP only, and
+                    # its /health says that the engine it should run does not.
+                    logger.error("This process runs no workers: %s", exc)
+{%- else %}
                 await engine.start()
                 chores = start_chores(store, registry, settings, clock)
+{%- endif %}
             yield
             if engine is not None:
                 await engine.stop(settings.shutdown_grace)

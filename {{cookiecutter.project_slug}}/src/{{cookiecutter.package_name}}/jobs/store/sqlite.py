@@ -11,7 +11,9 @@ was most of the cost of a job.
 """
 
 import asyncio
+import fcntl
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -233,8 +235,13 @@ def _listing(conn: sqlite3.Connection, where: JobFilter) -> tuple[str, list[Any]
     return statement, [value for _, values in terms for value in values]
 
 
+class WorkersRunElsewhere(StoreUnavailable):
+    """Another process runs workers on this file, so this one must not."""
+
+
 class SqliteJobStore:
-    """Jobs in one SQLite file; one process at a time should run the workers against it."""
+    """Jobs in one SQLite file; one process at a time runs workers on it (see
+    `rescue_orphaned_jobs`), any number may serve the API."""
 
     def __init__(
         self, database_url: str, clock: Clock, *, priority_aging_seconds: float = 300.0
@@ -249,6 +256,8 @@ class SqliteJobStore:
         self._pooled_write_connection: Any = None
         self._write_connection: sqlite3.Connection
         self._checkpointer: asyncio.Task[None]
+        # The open file whose lock makes this the process that runs workers, once it is.
+        self._workers_lock: int | None = None
 
     async def open(self) -> None:
         await asyncio.to_thread(self._migrate)
@@ -275,6 +284,9 @@ class SqliteJobStore:
             self._pooled_write_connection.close()
         await self._checkpoint()
         self._engine.dispose()
+        if self._workers_lock is not None:
+            os.close(self._workers_lock)
+            self._workers_lock = None
 
     async def ping(self) -> None:
         await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
@@ -333,7 +345,9 @@ class SqliteJobStore:
 
     async def rescue_orphaned_jobs(self) -> int:
         # Only one process runs workers on a SQLite file, so at start-up every running job
-        # belongs to a process that has died.
+        # belongs to a process that has died. A second one would take the first's running
+        # jobs for orphans and run them again: it is refused here, before it takes any.
+        self._hold_workers_lock()
         rescue = (self._clock.now(), self._aging)
         rescued: int = await self._writer.write(_rescue_running_jobs, rescue)
         return rescued
@@ -466,6 +480,33 @@ class SqliteJobStore:
 
     async def resume_schedule(self, name: str) -> None:
         await self._writer.write(_resume_schedules, (name, _to_db(self._clock.now())))
+
+    def _hold_workers_lock(self) -> None:
+        """Become the process that runs workers on this file, or raise WorkersRunElsewhere.
+
+        An flock on `<file>.workers-lock`, held while the store is open. The kernel lets go
+        of it when the process ends however it ends, kill -9 too: a dead process never
+        blocks its successor, and a live one always blocks a second.
+        """
+        if self._workers_lock is not None:
+            return
+        path = f"{self._engine.url.database}.workers-lock"
+        try:
+            lock = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreUnavailable(f"cannot open {path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(lock, 32, 0).decode(errors="replace").strip() or "another process"
+            os.close(lock)
+            raise WorkersRunElsewhere(
+                f"process {holder} already runs workers on {self._engine.url.database}"
+            ) from None
+        # Who holds it, for the message a second process gives.
+        os.ftruncate(lock, 0)
+        os.pwrite(lock, f"{os.getpid()}\n".encode(), 0)
+        self._workers_lock = lock
 
     def _row(self, new_job: NewJob, now: datetime, now_in_db: str) -> Row:
         """The parameters that insert `new_job` (INSERT_JOB's), at `now`."""
