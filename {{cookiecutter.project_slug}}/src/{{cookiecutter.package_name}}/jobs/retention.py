@@ -32,8 +32,8 @@ async def delete_expired_jobs(
             if batch < BATCH_SIZE:
                 break
             # Wait as long as the batch took: catching up on a backlog takes at most half of
-            # the store's time (and the event loop's: a bare yield let the memory store's
-            # deletes starve the engine).
+            # the store's time, and of the event loop's where the store works on it (a bare
+            # yield let such deletes starve the engine).
             await asyncio.sleep(time.monotonic() - started)
     return deleted
 
