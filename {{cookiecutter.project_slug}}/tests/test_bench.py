@@ -40,8 +40,9 @@ def bench_env(service_env: dict[str, str]{% if cookiecutter.job_store == "postgr
 
 def test_the_benchmark_runs_every_measure(bench_env: dict[str, str], tmp_path: Path) -> None:
     sizes = ["--requests", "300", "--connections", "4", "--jobs", "300", "--wakeups", "5"]
+    sizes += ["--large-store", "2000", "--prune", "2000"]
     result = subprocess.run(
-        [sys.executable, "-m", f"{PACKAGE}.bench", *sizes, "--large-store", "2000", "--prune", "2000"],
+        [sys.executable, "-m", f"{PACKAGE}.bench", *sizes],
         env=bench_env,
         cwd=tmp_path,
         capture_output=True,
