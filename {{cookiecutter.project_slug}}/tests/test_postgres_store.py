@@ -230,7 +230,8 @@ async def test_a_database_of_the_previous_release_upgrades_keeping_every_job_and
         1,
     )
     assert [job.id for job in await store.list_jobs(JobFilter(task="send"), 10, 0)] == ids[:1]
-    # The old instance's lease runs out as it would have.
+    # The old instance holds no lock (it is not in `instances`): its job waits for its
+    # lease, which ran out by the database's clock.
     clock.advance(LEASE + 1)
     assert await store.rescue_orphaned_jobs() == 1
     assert (await stored(store, ids[3])).errors == [LOST_LEASE_EXPIRED]
@@ -244,7 +245,7 @@ async def test_a_database_of_the_previous_release_upgrades_keeping_every_job_and
 
 
 # The tables jobs/model.py declares (job_counts is the migrations' own).
-TABLES = "'jobs', 'queues', 'schedules', 'schedule_ticks'"
+TABLES = "'jobs', 'queues', 'schedules', 'schedule_ticks', 'instances'"
 
 
 async def test_the_schema_after_upgrade_is_what_the_model_declares(
@@ -306,10 +307,18 @@ async def test_the_migrations_land_in_the_schema_the_url_names(
         args=(schema,),
     )
     assert tables == [
-        ["alembic_version", "job_counts", "jobs", "queues", "schedule_ticks", "schedules"]
+        [
+            "alembic_version",
+            "instances",
+            "job_counts",
+            "jobs",
+            "queues",
+            "schedule_ticks",
+            "schedules",
+        ]
     ]
     versions = await sql(settings, "SELECT array_agg(version_num) FROM alembic_version")
-    assert set(versions[0]) == migrations.head_revisions() == {"0004"}
+    assert set(versions[0]) == migrations.head_revisions() == {"0005"}
 
 
 async def test_finished_jobs_from_before_the_counts_table_are_counted_once_it_is_made(

@@ -33,6 +33,7 @@ def test_defaults_are_the_documented_ones_and_the_template_answers() -> None:
     assert settings.database_connect_timeout == 30.0
     assert settings.database_notify is True
     assert settings.job_lease_seconds == 30.0
+    assert settings.job_lost_limit == 3
 {%- endif %}
     assert settings.poll_interval == 1.0
     assert (settings.start_http, settings.start_workers) == (True, True)
@@ -160,6 +161,7 @@ def test_queues_name_each_served_queue_and_its_limit(monkeypatch: pytest.MonkeyP
         ("DATABASE_URL", "mysql://localhost/jobs"),
         ("DATABASE_NOTIFY", "sometimes"),
         ("JOB_LEASE_SECONDS", "0.5"),
+        ("JOB_LOST_LIMIT", "0"),
         ("DATABASE_CONNECT_TIMEOUT", "-1"),
 {%- endif %}
 {%- if cookiecutter.job_store == "sqlite" %}

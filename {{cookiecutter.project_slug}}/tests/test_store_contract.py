@@ -14,7 +14,11 @@ from {{ cookiecutter.package_name }}.jobs.store import JobConflict, JobFilter, J
 {%- if cookiecutter.job_store == "sqlite" %}
 from {{ cookiecutter.package_name }}.jobs.store.sqlite import LOST_WORKER_STOPPED
 {%- elif cookiecutter.job_store == "postgres" %}
-from {{ cookiecutter.package_name }}.jobs.store.postgres import FOLD_COUNTS, LOST_LEASE_EXPIRED
+from {{ cookiecutter.package_name }}.jobs.store.postgres import (
+    FOLD_COUNTS,
+    LOST_INSTANCE_DIED,
+    LOST_LEASE_EXPIRED,
+)
 from {{ cookiecutter.package_name }}.settings import Settings
 {%- endif %}
 
@@ -75,7 +79,8 @@ def test_the_table_has_a_column_for_every_field_of_a_job_and_no_other() -> None:
     fields = list(Job.model_fields)
     columns = [column.name for column in JobRow.metadata.tables["jobs"].columns]
 {%- if cookiecutter.job_store == "postgres" %}
-    assert sorted(columns) == sorted([*fields, "claim_at", "task", "locked_by", "lease_expires_at"])
+    internal = ["claim_at", "task", "locked_by", "lease_expires_at", "lost_in_a_row"]
+    assert sorted(columns) == sorted([*fields, *internal])
 {%- else %}
     assert sorted(columns) == sorted([*fields, "claim_at"])
 {%- endif %}
@@ -800,9 +805,22 @@ async def test_rescue_fails_a_job_left_running_on_its_last_attempt(
 
 
 # --- Several instances: a second store on the same database plays another instance.
-# Leases last JOB_LEASE_SECONDS (30 by default) of the clock the stores share.
+# Leases last JOB_LEASE_SECONDS (30 by default) of the database's clock; `expire_leases`
+# plays that time passing without a renewal.
 
 LEASE = 30
+
+
+async def expire_leases(settings: Settings) -> None:
+    """Every running job's lease runs out now, as if its instance had stopped renewing it."""
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(
+            "UPDATE jobs SET lease_expires_at = now() - interval '1 second'"
+            " WHERE status = 'running'"
+        )
+    finally:
+        await conn.close()
 
 
 async def test_another_instance_sees_every_job_and_its_state(
@@ -826,20 +844,20 @@ async def test_a_running_job_is_not_rescued_while_its_lease_holds(
 ) -> None:
     (job,) = await insert(store)
     await store.fetch_jobs(limit(1))
-    other = await open_store(clock)
-    clock.advance(LEASE - 1)
+    # An instance whose clock runs a day ahead: leases are by the database's clock.
+    other = await open_store(ManualClock(clock.now() + timedelta(days=1)))
 
     assert await other.rescue_orphaned_jobs() == 0
     assert (await stored(other, job)).status is RUNNING
 
 
 async def test_an_expired_lease_requeues_the_job_with_the_lost_attempt_counted(
-    store: JobStore, open_store: StoreOpener, clock: ManualClock
+    store: JobStore, open_store: StoreOpener, clock: ManualClock, settings: Settings
 ) -> None:
     (job,) = await insert(store)
     await store.fetch_jobs(limit(1))
     other = await open_store(clock)
-    clock.advance(LEASE + 1)
+    await expire_leases(settings)
 
     assert await other.rescue_orphaned_jobs() == 1
 
@@ -852,12 +870,12 @@ async def test_an_expired_lease_requeues_the_job_with_the_lost_attempt_counted(
 
 
 async def test_an_expired_lease_on_the_last_attempt_fails_the_job(
-    store: JobStore, open_store: StoreOpener, clock: ManualClock
+    store: JobStore, open_store: StoreOpener, clock: ManualClock, settings: Settings
 ) -> None:
     job = await add(store, new_job(max_attempts=1))
     await store.fetch_jobs(limit(1))
     other = await open_store(clock)
-    clock.advance(LEASE + 1)
+    await expire_leases(settings)
 
     assert await other.rescue_orphaned_jobs() == 1
 
@@ -874,7 +892,7 @@ async def test_a_rescue_skips_a_job_its_instance_is_finishing_and_waits_for_noth
     (job,) = await insert(store)
     await store.fetch_jobs(limit(1))
     other = await open_store(clock)
-    clock.advance(LEASE + 1)
+    await expire_leases(settings)
     # The row locked as an outcome's transaction locks it, still open.
     finishing = await asyncpg.connect(settings.database_url)
     try:
@@ -888,12 +906,12 @@ async def test_a_rescue_skips_a_job_its_instance_is_finishing_and_waits_for_noth
 
 
 async def test_a_late_outcome_from_the_instance_that_lost_the_lease_changes_nothing(
-    store: JobStore, open_store: StoreOpener, clock: ManualClock
+    store: JobStore, open_store: StoreOpener, clock: ManualClock, settings: Settings
 ) -> None:
     (job,) = await insert(store)
     (lost,) = await store.fetch_jobs(limit(1))
     other = await open_store(clock)
-    clock.advance(LEASE + 1)
+    await expire_leases(settings)
     await other.rescue_orphaned_jobs()
     (taken_over,) = await other.fetch_jobs(limit(1))
 
@@ -906,6 +924,100 @@ async def test_a_late_outcome_from_the_instance_that_lost_the_lease_changes_noth
     await other.complete_job(taken_over, {"from": "the second instance"})
     assert (await stored(other, job)).result == {"from": "the second instance"}
     assert await counts(store) == {"done": 1}
+
+
+async def test_the_jobs_of_an_instance_whose_lock_is_free_are_rescued_at_once(
+    store: JobStore, open_store: StoreOpener, clock: ManualClock, settings: Settings
+) -> None:
+    (job,) = await insert(store)
+    await store.fetch_jobs(limit(1))
+    # As a process that died with the job running: registered, its lock gone with it.
+    await run_sql_on(
+        settings,
+        "INSERT INTO instances (id, started_at) VALUES ('gone:1:dead', now())",
+        f"UPDATE jobs SET locked_by = 'gone:1:dead' WHERE id = {job.id}",
+    )
+    other = await open_store(clock)
+
+    assert await other.rescue_orphaned_jobs() == 1
+
+    found = await stored(other, job)
+    assert (found.status, found.attempt, found.errors) == (QUEUED, 1, [LOST_INSTANCE_DIED])
+    # Its row goes once it has no job left running.
+    await other.rescue_orphaned_jobs()
+    assert await run_sql_on(settings, "SELECT count(*) FROM instances") == [2]
+
+
+async def test_the_jobs_of_an_instance_holding_its_lock_stay_its_own(
+    store: JobStore, open_store: StoreOpener, clock: ManualClock, settings: Settings
+) -> None:
+    (job,) = await insert(store)
+    await store.fetch_jobs(limit(1))
+    alive = await asyncpg.connect(settings.database_url)
+    try:
+        await alive.execute(
+            "SELECT pg_advisory_lock(hashtext(current_schema() || '.instances'),"
+            " hashtext('alive:1:here'))"
+        )
+        await run_sql_on(
+            settings,
+            "INSERT INTO instances (id, started_at) VALUES ('alive:1:here', now())",
+            f"UPDATE jobs SET locked_by = 'alive:1:here' WHERE id = {job.id}",
+        )
+        other = await open_store(clock)
+
+        assert await other.rescue_orphaned_jobs() == 0
+        assert (await stored(other, job)).status is RUNNING
+    finally:
+        # The connection ends as the process would: its lock with it.
+        await alive.close()
+
+    assert await other.rescue_orphaned_jobs() == 1
+
+
+async def test_an_instance_is_registered_while_its_store_is_open(
+    open_store: StoreOpener, clock: ManualClock, settings: Settings
+) -> None:
+    first = await open_store(clock)
+    await open_store(clock)
+    assert await run_sql_on(settings, "SELECT count(*) FROM instances") == [2]
+
+    await first.close()
+
+    assert await run_sql_on(settings, "SELECT count(*) FROM instances") == [1]
+
+
+async def test_a_job_lost_three_times_in_a_row_is_quarantined_as_failed(
+    store: JobStore, open_store: StoreOpener, clock: ManualClock, settings: Settings
+) -> None:
+    job = await add(store, new_job(max_attempts=10))
+    other = await open_store(clock)
+    for _ in range(3):
+        await store.fetch_jobs(limit(1))
+        await expire_leases(settings)
+        assert await other.rescue_orphaned_jobs() == 1
+
+    found = await stored(other, job)
+    assert (found.status, found.attempt) == (FAILED, 3)
+    assert found.errors == [LOST_LEASE_EXPIRED] * 2 + ["lost: crashed its worker 3 times"]
+    assert await counts(other) == {"failed": 1}
+
+
+async def test_an_attempt_that_ends_starts_the_count_of_lost_ones_again(
+    store: JobStore, open_store: StoreOpener, clock: ManualClock, settings: Settings
+) -> None:
+    job = await add(store, new_job(max_attempts=10))
+    other = await open_store(clock)
+    for lose_first in (True, True, False, True, True):
+        (claimed,) = await store.fetch_jobs(limit(1))
+        if lose_first:
+            await expire_leases(settings)
+            await other.rescue_orphaned_jobs()
+        else:
+            await store.error_job(claimed, "failed once", clock.now())
+
+    found = await stored(other, job)
+    assert (found.status, found.attempt) == (QUEUED, 5)
 
 
 async def run_sql_on(settings: Settings, *statements: str) -> list[int]:

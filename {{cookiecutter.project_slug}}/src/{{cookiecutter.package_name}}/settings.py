@@ -50,9 +50,13 @@ class Settings(BaseSettings):
     # LISTEN/NOTIFY wakes idle workers on every instance at once; turn it off where NOTIFY
     # does not work (PgBouncer in transaction mode): workers then poll every POLL_INTERVAL.
     database_notify: bool = True
-    # A running job's lease: its instance renews it every third of this; when an instance
-    # dies, any other requeues its jobs once their leases have expired.
+    # A running job's lease, by the database's clock: its instance renews it every third of
+    # this. An instance that dies is found at once (its lock; see the store), one that hangs
+    # once its leases have expired: any other then requeues its jobs.
     job_lease_seconds: Annotated[float, Field(ge=1)] = 30.0
+    # A job lost this many attempts in a row (its instance died, or its lease expired)
+    # fails: one that crashes whatever runs it is not passed around the fleet.
+    job_lost_limit: Annotated[int, Field(ge=1, le=100)] = 3
 {%- endif %}
     start_http: bool = True
     start_workers: bool = True

@@ -375,6 +375,9 @@ class JobRow(SQLModel, table=True):
     # The instance running the job, and until when it has promised to be alive.
     locked_by: str | None = None
     lease_expires_at: datetime | None = ColumnField(default=None, sa_type=MOMENT)
+    # Attempts in a row lost with their instance (died, or its lease expired); at
+    # JOB_LOST_LIMIT the job fails. A default in the table, so inserts need not name it.
+    lost_in_a_row: int = ColumnField(default=0, sa_column_kwargs={"server_default": text("0")})
 {%- endif %}
 
 
@@ -385,6 +388,19 @@ class QueueRow(SQLModel, table=True):
 
     name: str = ColumnField(primary_key=True, sa_type=String(64))
     paused: bool = False
+
+
+{%- if cookiecutter.job_store == "postgres" %}
+
+
+class InstanceRow(SQLModel, table=True):
+    """A running instance that holds its liveness lock (jobs/store/postgres.py)."""
+
+    __tablename__ = "instances"
+
+    id: str = ColumnField(primary_key=True)
+    started_at: datetime = ColumnField(sa_type=MOMENT)
+{%- endif %}
 
 
 class ScheduleRow(SQLModel, table=True):

@@ -47,6 +47,7 @@ def make_store(settings: Settings, clock: Clock) -> JobStore:
         lease_seconds=settings.job_lease_seconds,
         connect_timeout=settings.database_connect_timeout,
         priority_aging_seconds=settings.priority_aging_seconds,
+        lost_limit=settings.job_lost_limit,
     )
 {%- elif cookiecutter.job_store == "memory" %}
     return MemoryJobStore(clock, priority_aging_seconds=settings.priority_aging_seconds)

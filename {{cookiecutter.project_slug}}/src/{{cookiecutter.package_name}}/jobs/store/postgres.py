@@ -61,6 +61,9 @@ __all__ = ["RETENTION_LOCK", "SCHEMA_LOCK", "PostgresJobStore"]
 logger = logging.getLogger(__name__)
 
 LOST_LEASE_EXPIRED = "lost: lease expired"
+LOST_INSTANCE_DIED = "lost: instance died"
+# Seconds between looks for instances that died (their liveness lock free).
+LIVENESS_INTERVAL = 1.0
 NOTIFY_CHANNEL = "jobs_inserted"
 # Running jobs whose cancel was asked for; each notification's payload is the job's id.
 CANCEL_CHANNEL = "jobs_cancelled"
@@ -128,7 +131,7 @@ LATEST_WITH_KEY = f"SELECT {COLUMNS} FROM jobs WHERE unique_key = $1 ORDER BY id
 # statement itself, so no instance claims from a queue paused anywhere.
 CLAIM_JOBS = (
     "UPDATE jobs SET status = 'running', attempt = attempt + 1, started_at = $1,"
-    " locked_by = $2, lease_expires_at = $3"
+    " locked_by = $2, lease_expires_at = now() + $3::interval"
     " WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' AND claim_at <= $5"
     " AND run_at <= $1 AND {queues} ORDER BY claim_at, id LIMIT $4 FOR UPDATE SKIP LOCKED)"
     f" RETURNING claim_at, {COLUMNS}"
@@ -146,7 +149,8 @@ CLAIM_FROM_THE_REST = CLAIM_JOBS.format(
 # entries (dead ones of every job finished since the last vacuum included) instead of the
 # primary key, several times slower on a large table.
 HELD = "id = $1 AND locked_by = $2"
-RELEASED = "locked_by = NULL, lease_expires_at = NULL"
+# Any outcome but a lost attempt ends a run of lost attempts (see RESCUE).
+RELEASED = "locked_by = NULL, lease_expires_at = NULL, lost_in_a_row = 0"
 # A job whose cancel was asked for ends cancelled however its attempt ends.
 CANCELLED_OR = "CASE WHEN cancel_requested THEN 'cancelled' ELSE"
 # Jobs that end done, failed or cancelled stay so until retried: the statement that ends
@@ -188,24 +192,53 @@ RELEASE_JOB = (
 # Skips the rows locked now: the jobs whose outcomes are being stored, in an order of their
 # own (waiting for them could deadlock with that transaction), or being rescued.
 RENEW_LEASES = (
-    "UPDATE jobs SET lease_expires_at = $3 WHERE id IN (SELECT id FROM jobs"
+    "UPDATE jobs SET lease_expires_at = now() + $3::interval WHERE id IN (SELECT id FROM jobs"
     " WHERE id = ANY($1::bigint[]) AND locked_by = $2"
     " FOR UPDATE SKIP LOCKED)"
 )
-OUT_OF_ATTEMPTS = "(cancel_requested OR attempt >= max_attempts)"
-RESCUE_EXPIRED_LEASES = (
-    "WITH changed AS (UPDATE jobs SET"
-    f" status = {CANCELLED_OR} CASE WHEN attempt >= max_attempts THEN 'failed'"
-    " ELSE 'queued' END END,"
-    f" finished_at = CASE WHEN {OUT_OF_ATTEMPTS} THEN $1 END,"
+# A running job whose instance is gone goes back to queued, the lost attempt counted; or
+# fails when it has no attempt left, or when this is its $4th lost attempt in a row: a job
+# that crashes every instance that runs it is quarantined, not passed around the fleet.
+# $1 now, $2 why it was lost, $3 the priority aging, and {lost} the running jobs to rescue.
+# A row locked now is being finished by its owner, alive after all: skipped, not waited on.
+QUARANTINED = "lost_in_a_row + 1 >= $4::int"
+OUT_OF_ATTEMPTS = f"(cancel_requested OR attempt >= max_attempts OR {QUARANTINED})"
+RESCUE = (
+    "{before} changed AS (UPDATE jobs SET"
+    f" status = {CANCELLED_OR} CASE WHEN attempt >= max_attempts OR {QUARANTINED}"
+    " THEN 'failed' ELSE 'queued' END END,"
+    f" finished_at = CASE WHEN {OUT_OF_ATTEMPTS} THEN $1::timestamptz END,"
     " claim_at = run_at + priority * $3::interval,"
-    f" errors = (errors::jsonb || jsonb_build_array($2::text))::json, {RELEASED}"
-    # A row locked now is being finished by its owner, alive after all: skipped, not waited on.
-    " WHERE id IN (SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at < $1"
+    f" errors = (errors::jsonb || jsonb_build_array(CASE WHEN {QUARANTINED}"
+    " THEN 'lost: crashed its worker ' || $4::int::text || ' times' ELSE $2::text END))::json,"
+    " locked_by = NULL, lease_expires_at = NULL, lost_in_a_row = lost_in_a_row + 1"
+    " WHERE id IN (SELECT id FROM jobs WHERE status = 'running' AND {lost}"
     " FOR UPDATE SKIP LOCKED) RETURNING queue, status),"
     " counted AS (INSERT INTO job_counts (queue, status, n) SELECT queue, status, count(*)"
     " FROM changed WHERE status <> 'queued' GROUP BY queue, status)"
     " SELECT count(*) FROM changed"
+)
+# Leases compare with the database's clock, so instances' clocks cannot expire one early.
+RESCUE_EXPIRED_LEASES = RESCUE.format(before="WITH", lost="lease_expires_at < now()")
+# Each instance holds a session-level advisory lock keyed by its id, on a connection of its
+# own, for as long as it runs: the server lets go of it when that connection ends, however
+# the instance ends (kill -9 too). An instance whose lock another can take is dead: its
+# jobs are rescued at once, its row deleted once none is left running. Instances of a
+# release before these locks are not in `instances`: their jobs wait for their leases.
+INSTANCE_LOCK = "hashtext(current_schema() || '.instances'), hashtext({})"
+HOLD_INSTANCE_LOCK = f"SELECT pg_try_advisory_lock({INSTANCE_LOCK.format('$1')})"
+REGISTER_INSTANCE = (
+    "INSERT INTO instances (id, started_at) VALUES ($1, now()) ON CONFLICT (id) DO NOTHING"
+)
+UNREGISTER_INSTANCE = "DELETE FROM instances WHERE id = $1"
+RESCUE_FROM_DEAD_INSTANCES = RESCUE.format(
+    before=(
+        "WITH dead AS MATERIALIZED (SELECT id FROM instances WHERE id <> $5"
+        f" AND pg_try_advisory_xact_lock({INSTANCE_LOCK.format('id')})),"
+        " gone AS (DELETE FROM instances WHERE id IN (SELECT id FROM dead) AND NOT EXISTS"
+        " (SELECT FROM jobs WHERE status = 'running' AND locked_by = instances.id)),"
+    ),
+    lost="locked_by IN (SELECT id FROM dead)",
 )
 # A queued job ends at once; a running one is asked to stop, and its instance told. A
 # second cancel of a running job changes nothing and tells nobody again.
@@ -348,6 +381,7 @@ class PostgresJobStore:
         lease_seconds: float = 30.0,
         connect_timeout: float = 30.0,
         priority_aging_seconds: float = 300.0,
+        lost_limit: int = 3,
     ) -> None:
         # asyncpg speaks plain postgresql:// URLs; SQLAlchemy-style ones name a driver.
         self._dsn = database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
@@ -358,8 +392,15 @@ class PostgresJobStore:
         self._aging = timedelta(seconds=priority_aging_seconds)
         # How long after becoming due a job of the lowest priority stands in line.
         self._longest_wait = MAX_PRIORITY * self._aging
+        self._lost_limit = lost_limit
         # Names this process in `locked_by`, so its outcomes and renewals touch only its jobs.
-        self._instance = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._instance = _new_instance_id()
+        # The connection that holds this instance's liveness lock (see INSTANCE_LOCK): only
+        # with NOTIFY on, which says that connections are sessions of their own (no
+        # PgBouncer in transaction mode, where another client could share the lock).
+        self._liveness: asyncpg.Connection | None = None
+        self._relock: asyncio.Task[None] | None = None
+        self._instance_watcher: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[], None]] = []
         self._cancel_listeners: list[Callable[[int], None]] = []
         self._inserts = GroupCommitter(self._commit_inserts)
@@ -379,6 +420,8 @@ class PostgresJobStore:
         await self._migrate()
         if self._notify:
             await self._listen()
+            await self._hold_instance_lock()
+            self._instance_watcher = asyncio.create_task(self._watch_instances())
         self._lease_keeper = asyncio.create_task(self._keep_leases())
 
     async def close(self) -> None:
@@ -387,10 +430,11 @@ class PostgresJobStore:
             self._relisten.cancel()
             with suppress(asyncio.CancelledError):
                 await self._relisten
-        if self._lease_keeper is not None:
-            self._lease_keeper.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._lease_keeper
+        for task in (self._lease_keeper, self._instance_watcher, self._relock):
+            if task is not None:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
         await self._inserts.drain()
         await self._writer.drain()
         # The pool's close waits for every connection to come back.
@@ -398,6 +442,10 @@ class PostgresJobStore:
         await self._writer_connection.release()
         if self._notifications is not None:
             await self._notifications.close()
+        if self._liveness is not None:
+            with suppress(*CONNECTION_ERRORS):
+                await self._liveness.execute(UNREGISTER_INSTANCE, self._instance)
+            await self._liveness.close()
         if self._pool is not None:
             await self._pool.close()
 
@@ -449,13 +497,22 @@ class PostgresJobStore:
             await asyncio.gather(*(self._writer.write(self._release_jobs, job) for job in held))
 
     async def rescue_orphaned_jobs(self) -> int:
+        rescued = 0
+        if self._liveness is not None:
+            rescued += await self._rescue(
+                RESCUE_FROM_DEAD_INSTANCES, LOST_INSTANCE_DIED, self._instance
+            )
+        return rescued + await self._rescue(RESCUE_EXPIRED_LEASES, LOST_LEASE_EXPIRED)
+
+    async def _rescue(self, statement: str, reason: str, *args: Any) -> int:
+        """Run one of the RESCUE statements; how many jobs it requeued or failed."""
         # A transaction of its own, never in a group with claims and outcomes: it locks other
         # instances' jobs, and a group holding those locks could wait on one of theirs that
         # waits on it: a deadlock.
         async with self._connection() as conn:
             now = self._clock.now()
             rescued: int = await conn.fetchval(
-                RESCUE_EXPIRED_LEASES, now, LOST_LEASE_EXPIRED, self._aging
+                statement, now, reason, self._aging, self._lost_limit, *args
             )
             if rescued and self._notify:
                 await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
@@ -676,7 +733,7 @@ class PostgresJobStore:
                     claim,
                     now,
                     self._instance,
-                    now + self._lease,
+                    self._lease,
                     limit,
                     now + self._longest_wait,
                     queues,
@@ -730,14 +787,63 @@ class PostgresJobStore:
             await asyncio.sleep(interval)
             try:
                 if self._held:
-                    now = self._clock.now()
                     held = list(self._held)
-                    await self._execute(RENEW_LEASES, held, self._instance, now + self._lease)
-                if rescued := await self.rescue_orphaned_jobs():
+                    await self._execute(RENEW_LEASES, held, self._instance, self._lease)
+                if rescued := await self._rescue(RESCUE_EXPIRED_LEASES, LOST_LEASE_EXPIRED):
                     logger.warning("Requeued %d jobs whose instance stopped renewing them", rescued)
                 await self._execute(FOLD_COUNTS)
             except StoreUnavailable as exc:
                 logger.error("Could not renew job leases: %s", exc)
+
+    async def _watch_instances(self) -> None:
+        """Rescue the running jobs of instances that died, as soon as their lock is free."""
+        while True:
+            await asyncio.sleep(LIVENESS_INTERVAL)
+            try:
+                rescued = await self._rescue(
+                    RESCUE_FROM_DEAD_INSTANCES, LOST_INSTANCE_DIED, self._instance
+                )
+            except StoreUnavailable as exc:
+                logger.warning("Could not look for instances that died: %s", exc)
+                continue
+            if rescued:
+                logger.warning("Requeued %d jobs of an instance that died", rescued)
+
+    async def _hold_instance_lock(self) -> None:
+        """Take this instance's liveness lock, on a connection of its own, and register it."""
+        conn = await asyncpg.connect(self._dsn)
+        try:
+            while not await conn.fetchval(HOLD_INSTANCE_LOCK, self._instance):
+                # A live instance's id hashes to the same key: take another id.
+                self._instance = _new_instance_id()
+            await conn.execute(REGISTER_INSTANCE, self._instance)
+        except BaseException:
+            await conn.close()
+            raise
+        conn.add_termination_listener(self._on_liveness_lost)
+        self._liveness = conn
+
+    def _on_liveness_lost(self, _conn: asyncpg.Connection) -> None:
+        if self._closing:
+            return
+        # Until the lock is held again, other instances take this one for dead and may
+        # rescue its running jobs: their outcomes here then change nothing (see HELD).
+        logger.warning("Lost the connection that holds this instance's lock; taking it again")
+        self._liveness = None
+        self._relock = asyncio.create_task(self._hold_instance_lock_again())
+
+    async def _hold_instance_lock_again(self) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self._hold_instance_lock()
+            except CONNECTION_ERRORS as exc:
+                logger.warning("Cannot take this instance's lock yet (%s); retrying", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            else:
+                logger.info("Holding this instance's lock again")
+                return
 
     async def _migrate(self) -> None:
         """Run the migrations the database lacks. An up-to-date one costs one query: no
@@ -833,6 +939,10 @@ class PostgresJobStore:
                 logger.warning("Database not reachable yet (%s); retrying", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+def _new_instance_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def _insert_row(new_job: NewJob, now: datetime) -> dict[str, Any]:
@@ -935,8 +1045,9 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     """Return a connection to the pool as it is: no reset query, one round trip less a use.
 
     asyncpg's default reset clears session state (settings, LISTENs, advisory locks) with
-    a query on every release. This store leaves none: its settings are SET LOCAL, its lock
-    is transaction-scoped, it listens on a connection of its own. An open transaction is
+    a query on every release. This store leaves none: its settings are SET LOCAL, its
+    locks on pooled connections are transaction-scoped, and it listens and holds its
+    instance's lock on connections of their own. An open transaction is
     still rolled back by asyncpg before this runs.
     """
 
