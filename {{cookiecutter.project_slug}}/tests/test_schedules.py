@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from {{ cookiecutter.package_name }}.app import create_app
+from {{ cookiecutter.package_name }}.events import EventBus, JobEnqueued
 from {{ cookiecutter.package_name }}.jobs.cron import Schedule
 from {{ cookiecutter.package_name }}.jobs.model import DEFAULT_QUEUE, Job, JobStatus
 from {{ cookiecutter.package_name }}.jobs.registry import TaskRegistry
@@ -203,10 +204,14 @@ async def test_adding_a_kept_schedule_changes_nothing(store: JobStore, clock: Ma
 
 
 def scheduler(
-    store: JobStore, clock: ManualClock, *, catch_up: timedelta = timedelta(0)
+    store: JobStore,
+    clock: ManualClock,
+    *,
+    catch_up: timedelta = timedelta(0),
+    events: EventBus | None = None,
 ) -> Scheduler:
     """A scheduler of the every-minute "report" schedule."""
-    return Scheduler(store, [schedule()], clock, catch_up=catch_up)
+    return Scheduler(store, [schedule()], clock, events or EventBus(), catch_up=catch_up)
 
 
 async def test_a_new_schedule_waits_for_its_next_tick(store: JobStore, clock: ManualClock) -> None:
@@ -230,6 +235,21 @@ async def test_each_tick_that_came_gets_its_job(store: JobStore, clock: ManualCl
 
     assert await ticks_enqueued(store) == [at(1), at(2), at(3)]
     assert running.next_tick_at() == at(4)
+
+
+async def test_each_job_enqueued_is_told_to_the_subscribers(
+    store: JobStore, clock: ManualClock
+) -> None:
+    events = EventBus()
+    told: list[JobEnqueued] = []
+    events.subscribe(JobEnqueued, told.append)
+    running = scheduler(store, clock, events=events)
+    await running.catch_up()
+
+    clock.advance(MINUTE)
+    await running.enqueue_due_ticks()
+
+    assert [(event.job.run_at, event.task) for event in told] == [(at(1), "report")]
 
 
 async def test_a_restart_does_not_enqueue_a_tick_again(store: JobStore, clock: ManualClock) -> None:

@@ -78,14 +78,14 @@ def create_app(
 {%- if cookiecutter.job_store == "sqlite" %}
                 try:
                     await engine.start()
-                    chores = start_chores(store, registry, settings, clock)
+                    chores = start_chores(store, registry, settings, clock, events)
                 except WorkersRunElsewhere as exc:
                     # One process runs workers on the file: this one serves HTTP only, and
                     # its /health says that the engine it should run does not.
                     logger.error("This process runs no workers: %s", exc)
 {%- else %}
                 await engine.start()
-                chores = start_chores(store, registry, settings, clock)
+                chores = start_chores(store, registry, settings, clock, events)
 {%- endif %}
             yield
             if engine is not None:
@@ -135,7 +135,7 @@ def create_app(
 
 
 def start_chores(
-    store: JobStore, registry: TaskRegistry, settings: Settings, clock: Clock
+    store: JobStore, registry: TaskRegistry, settings: Settings, clock: Clock, events: EventBus
 ) -> list[asyncio.Task[None]]:
     """What the processes that run workers do besides: enqueue the schedules' jobs, delete
     jobs past their retention. HTTP-only processes leave both to them."""
@@ -145,6 +145,7 @@ def start_chores(
             store,
             list(registry.schedules.values()),
             clock,
+            events,
             catch_up=timedelta(seconds=settings.cron_catch_up_seconds),
         )
         chores.append(asyncio.create_task(scheduler.run()))

@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 
 class JobEnqueued(NamedTuple):
-    """A job was stored by POST /jobs, /jobs/schedule or /jobs/bulk."""
+    """A job was stored by POST /jobs, /jobs/schedule or /jobs/bulk, or by a schedule."""
 
     job: Job
     task: str  # the registered task that will run it, "default" for the default handler

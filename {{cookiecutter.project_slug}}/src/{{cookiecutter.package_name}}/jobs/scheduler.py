@@ -15,6 +15,7 @@ import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
+from ..events import EventBus, JobEnqueued
 from .clock import Clock, isoformat_z
 from .cron import Schedule
 from .store.base import JobStore, StoreUnavailable
@@ -34,12 +35,14 @@ class Scheduler:
         store: JobStore,
         schedules: Sequence[Schedule],
         clock: Clock,
+        events: EventBus,
         *,
         catch_up: timedelta = timedelta(0),
     ) -> None:
         self._store = store
         self._schedules = schedules
         self._clock = clock
+        self._events = events
         self._catch_up = catch_up
         # Each schedule's next tick to enqueue, by name.
         self._next: dict[str, datetime] = {}
@@ -55,7 +58,10 @@ class Scheduler:
                     await self.enqueue_due_ticks()
             except StoreUnavailable as exc:
                 logger.warning("Schedules wait for the job store: %s", exc)
-                await asyncio.sleep(RETRY_INTERVAL)
+            except Exception:
+                # Whatever went wrong, the schedules go on: the next round catches up.
+                logger.exception("Schedules failed; trying again")
+            await asyncio.sleep(RETRY_INTERVAL)
 
     async def catch_up(self) -> None:
         """Enqueue the ticks missed while no instance ran; plan the next ones from now."""
@@ -92,3 +98,4 @@ class Scheduler:
             logger.info(
                 "Schedule %s enqueued job %d for %s", schedule.name, job.id, isoformat_z(tick)
             )
+            self._events.emit(JobEnqueued(job, schedule.name))
