@@ -858,17 +858,32 @@ def open_engine(database_url: str) -> Engine:
     def configure(connection: sqlite3.Connection, _record: object) -> None:
         # Transactions begin where this module says, not where the sqlite3 module guesses.
         connection.isolation_level = None
+        connection.execute(f"PRAGMA busy_timeout = {int(LOCK_TIMEOUT * 1000)}")
         # WAL lets readers work beside the writer; NORMAL syncs at checkpoints, which keeps
         # every committed job through a crash of this process (not of the machine's power).
-        connection.execute("PRAGMA journal_mode = WAL")
+        _use_wal(connection)
         connection.execute("PRAGMA synchronous = NORMAL")
-        connection.execute(f"PRAGMA busy_timeout = {int(LOCK_TIMEOUT * 1000)}")
 
     @event.listens_for(engine, "begin")
     def begin_immediate(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _use_wal(connection: sqlite3.Connection) -> None:
+    """Put the file in WAL mode (a no-op once it is), waiting while another connection
+    holds it: processes opening a new file at once get "database is locked" from this
+    pragma without SQLite's busy handler waiting for them."""
+    deadline = time.monotonic() + LOCK_TIMEOUT
+    while True:
+        try:
+            connection.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.005)
 
 
 @contextmanager
