@@ -92,6 +92,11 @@ def test_an_expression_that_is_not_cron_names_the_task(cron: str) -> None:
         schedule(cron)
 
 
+def test_an_expression_without_a_next_tick_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"cron of task 'report': '0 0 30 2 \*' never ticks"):
+        schedule("0 0 30 2 *")
+
+
 def test_an_unknown_time_zone_names_the_task() -> None:
     with pytest.raises(ValueError, match="timezone of task 'report': 'Mars/Olympus'"):
         schedule(timezone="Mars/Olympus")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterError, croniter
 
 from .model import NewJob
 
@@ -45,6 +45,10 @@ class Schedule:
                 f"timezone of task {self.name!r}: {self.timezone!r} is not a time zone name"
             ) from None
         object.__setattr__(self, "_zone", zone)
+        try:
+            self.next_tick(datetime.now(UTC))
+        except CroniterError:
+            raise ValueError(f"cron of task {self.name!r}: {self.cron!r} never ticks") from None
 
     def next_tick(self, after: datetime) -> datetime:
         """The first tick later than `after`."""
