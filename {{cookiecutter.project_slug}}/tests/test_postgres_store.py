@@ -7,12 +7,19 @@ schema, written out as it was, so these tests do not depend on the migrations th
 
 import asyncio
 import json
+import os
+import shutil
+import subprocess
+import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import suppress
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -20,6 +27,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
+from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.jobs import retention
 from {{ cookiecutter.package_name }}.jobs.model import DEFAULT_QUEUE, Job, JobStatus, NewJob
 from {{ cookiecutter.package_name }}.jobs.store import JobFilter, JobStore, make_store
@@ -33,7 +41,7 @@ from {{ cookiecutter.package_name }}.jobs.store.postgres import (
 )
 from {{ cookiecutter.package_name }}.settings import Settings
 
-from .conftest import ManualClock, SettingsFactory, StoreOpener, wait_until
+from .conftest import ManualClock, SettingsFactory, StoreOpener, free_port, serve, wait_until
 
 QUEUED, RUNNING, DONE, FAILED, CANCELLED = JobStatus
 EVERY_QUEUE = {DEFAULT_QUEUE: 100}
@@ -731,3 +739,104 @@ async def test_instances_deleting_at_once_delete_each_job_once_and_keep_counts_r
     assert await counts(store) == {}
     await sql(settings, FOLD_COUNTS)
     assert await sql(settings, "SELECT count(*) FROM job_counts") == [0]
+
+
+# --- Faults, on a server of the test's own: stopping it never touches the shared one.
+
+
+class PrivateServer:
+    """A PostgreSQL cluster made for one test (initdb), on a free port, to stop and start."""
+
+    def __init__(self, bindir: Path) -> None:
+        self.bindir = bindir
+        self.directory = Path(tempfile.mkdtemp(prefix="pg-fault-"))
+        self.port = free_port()
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        # PostgreSQL refuses to run as root: then its files and processes are postgres's.
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_user:
+            shutil.chown(self.directory, "postgres")
+        self._run("initdb", "-D", str(self.directory / "data"), "-A", "trust", "-U", "postgres")
+
+    def start(self) -> None:
+        options = f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 -c fsync=off"
+        data = str(self.directory / "data")
+        log = str(self.directory / "log")
+        self._run("pg_ctl", "-D", data, "-l", log, "-o", options, "-w", "start")
+
+    def stop(self) -> None:
+        self._run("pg_ctl", "-D", str(self.directory / "data"), "-m", "fast", "-w", "stop")
+
+    def remove(self) -> None:
+        with suppress(subprocess.CalledProcessError):
+            self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def _run(self, program: str, *args: str) -> None:
+        command = [*self.as_user, str(self.bindir / program), *args]
+        subprocess.run(command, check=True, capture_output=True, timeout=60)
+
+
+def postgres_bindir() -> Path | None:
+    """Where initdb and pg_ctl are: on PATH, or Debian's newest /usr/lib/postgresql/N/bin."""
+    on_path = shutil.which("pg_ctl")
+    if on_path is not None:
+        return Path(on_path).parent
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda path: int(path.parts[-3])
+    )
+    return found[-1].parent if found else None
+
+
+@pytest.fixture
+def private_server() -> Iterator[PrivateServer]:
+    bindir = postgres_bindir()
+    if bindir is None:
+        reason = "no initdb/pg_ctl (PostgreSQL server binaries) to run a server of the test's own"
+        if os.environ.get("REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"REQUIRE_POSTGRES=1 but {reason}")
+        pytest.skip(reason)
+    server = PrivateServer(bindir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.remove()
+
+
+async def test_workers_and_health_are_back_within_seconds_of_a_long_outage(
+    private_server: PrivateServer, make_settings: SettingsFactory
+) -> None:
+    settings = make_settings(database_url=private_server.url)
+    async with serve(create_app(settings)) as client:
+        first = await client.post("/jobs", json={"payload": {"n": 1}})
+        await wait_until(lambda: job_done(client, first.json()["job_id"]), message="a job")
+
+        private_server.stop()
+        await wait_until(lambda: health_is(client, 503), message="/health to say DEGRADED")
+        # Long enough that pauses doubling from 0.1 s would have grown past 6 s.
+        await asyncio.sleep(10)
+        await asyncio.to_thread(private_server.start)
+
+        await wait_until(lambda: health_is(client, 200), timeout=2, message="/health OK again")
+        # A connection the outage broke can still answer one request 503, which clients
+        # retry (README, API).
+        accepted: list[int] = []
+
+        async def accept() -> bool:
+            response = await client.post("/jobs", json={"payload": {"n": 2}})
+            if response.status_code == 202:
+                accepted.append(response.json()["job_id"])
+            return bool(accepted)
+
+        await wait_until(accept, timeout=2, message="a job accepted again")
+        await wait_until(lambda: job_done(client, accepted[0]), timeout=2, message="it to run")
+
+
+async def health_is(client: httpx.AsyncClient, status_code: int) -> bool:
+    return (await client.get("/health")).status_code == status_code
+
+
+async def job_done(client: httpx.AsyncClient, job_id: int) -> bool:
+    response = await client.get(f"/jobs/{job_id}")
+    return response.status_code == 200 and response.json()["status"] == "done"

@@ -15,11 +15,14 @@ from .clock import Clock
 from .codec import EncodeError, dumps
 from .model import DEFAULT_QUEUE, Job
 from .registry import Task, TaskRegistry
-from .store.base import JobStore
+from .store.base import JobStore, StoreUnavailable
 
 logger = logging.getLogger(__name__)
 
 RESTART_DELAY_MAX = 30.0
+# While the store cannot be reached the dispatcher looks again this often, however long the
+# outage: workers start again within this of the store's return.
+STORE_PROBE_INTERVAL = 0.5
 # What a job cancelled while its async handler ran records as that attempt's error.
 CANCELLED_BY_REQUEST = "cancelled by request"
 
@@ -128,19 +131,27 @@ class Engine:
             logger.info("Released %d unfinished jobs back to the queue", len(released))
 
     async def _supervise(self) -> None:
-        # A crashed dispatcher is restarted with growing pauses; /health reports it meanwhile.
+        # A dispatcher that lost the store looks again every STORE_PROBE_INTERVAL, saying so
+        # once per outage; one that crashed otherwise is restarted with growing pauses.
+        # /health reports either meanwhile.
         delay = 0.1
         while not self._stopping.is_set():
             try:
                 await self._dispatch()
+                continue  # it returns only once stopping
+            except StoreUnavailable as exc:
+                if self._dispatching:
+                    logger.warning("Job store unavailable (%s); workers wait for it", exc)
+                self._dispatching = False
+                pause = STORE_PROBE_INTERVAL
             except Exception:
                 if self._dispatching:  # it had been working: start the pauses over
                     delay = 0.1
                 self._dispatching = False
                 logger.exception("Job dispatcher crashed; restarting in %.1fs", delay)
-                with suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), delay)
-                delay = min(delay * 2, RESTART_DELAY_MAX)
+                pause, delay = delay, min(delay * 2, RESTART_DELAY_MAX)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), pause)
 
     async def _dispatch(self) -> None:
         while not self._stopping.is_set():
