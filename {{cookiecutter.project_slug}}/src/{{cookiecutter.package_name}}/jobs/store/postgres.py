@@ -840,17 +840,8 @@ class PostgresJobStore:
         self._relock = asyncio.create_task(self._hold_instance_lock_again())
 
     async def _hold_instance_lock_again(self) -> None:
-        delay = 0.2
-        while True:
-            try:
-                await self._hold_instance_lock()
-            except CONNECTION_ERRORS as exc:
-                logger.warning("Cannot take this instance's lock yet (%s); retrying", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            else:
-                logger.info("Holding this instance's lock again")
-                return
+        await _until_connected(self._hold_instance_lock, "take this instance's lock")
+        logger.info("Holding this instance's lock again")
 
     async def _migrate(self) -> None:
         """Run the migrations the database lacks. An up-to-date one costs one query: no
@@ -877,20 +868,11 @@ class PostgresJobStore:
         self._relisten = asyncio.create_task(self._listen_again())
 
     async def _listen_again(self) -> None:
-        delay = 0.2
-        while True:
-            try:
-                await self._listen()
-            except CONNECTION_ERRORS as exc:
-                logger.warning("Cannot listen for new jobs yet (%s); retrying", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-            else:
-                logger.info("Listening for new jobs again")
-                # What was inserted while nobody listened is waiting: look now. Cancels
-                # asked for meanwhile reach their jobs through cancel_requested_among.
-                self._wake_local_workers()
-                return
+        await _until_connected(self._listen, "listen for new jobs")
+        logger.info("Listening for new jobs again")
+        # What was inserted while nobody listened is waiting: look now. Cancels asked for
+        # meanwhile reach their jobs through cancel_requested_among.
+        self._wake_local_workers()
 
     def _on_notification(self, *_: object) -> None:
         self._wake_local_workers()
@@ -946,6 +928,19 @@ class PostgresJobStore:
                 logger.warning("Database not reachable yet (%s); retrying", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+
+async def _until_connected(connect: Callable[[], Awaitable[None]], what: str) -> None:
+    """Call `connect` until it reaches the database, pausing longer each time (up to 5 s)."""
+    delay = 0.2
+    while True:
+        try:
+            await connect()
+            return
+        except CONNECTION_ERRORS as exc:
+            logger.warning("Cannot %s yet (%s); retrying", what, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
 
 def _new_instance_id() -> str:
