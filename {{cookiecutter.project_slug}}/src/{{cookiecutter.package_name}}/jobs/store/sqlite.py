@@ -461,7 +461,7 @@ class SqliteJobStore:
         now = self._clock.now()
         now_in_db = _to_db(now)
         row = self._row(new_job, now, now_in_db)
-        record = (name, _to_db(tick), _to_db(tick - TICKS_KEPT), now_in_db, row)
+        record = (name, _to_db(tick), _to_db(tick - TICKS_KEPT), row)
         job_id: int | None = await self._writer.write(_enqueue_ticks, record)
         if job_id is None:
             return None
@@ -729,8 +729,7 @@ def _enqueue_ticks(conn: sqlite3.Connection, records: list[tuple[Any, ...]]) -> 
     take the tick between the check and the insert; the primary key would refuse it anyway.
     """
     job_ids: list[int | None] = []
-    for name, tick, forget_before, now, row in records:
-        conn.execute(ADD_SCHEDULE, (name, now))
+    for name, tick, forget_before, row in records:
         (taken,) = conn.execute(TICK_TAKEN, (name, tick)).fetchone()
         if taken:
             job_ids.append(None)
