@@ -443,7 +443,7 @@ async def bench_large_store(count: int) -> None:
             await store.insert_all_jobs(batch)
 {%- if cookiecutter.job_store == "postgres" %}
         # In service autovacuum analyzes a table this size within a minute of filling it;
-        # without statistics the planner misjudges combined filters (100 ms, not 0.3 ms).
+        # without statistics the planner misjudges combined filters.
         await run_sql(os.environ["DATABASE_URL"], "ANALYZE jobs")
 {%- endif %}
         print(f"\nReads with {count} jobs in the store (median of 7 requests, in-process)")

@@ -622,9 +622,9 @@ class PostgresJobStore:
         where_sql = " WHERE " + " AND ".join(conditions) if conditions else ""
         async with self._connection() as conn, conn.transaction():
             # After a statement's fifth run PostgreSQL may plan it once for any values; that
-            # plan cannot tell a rare status, queue or task from a common one, and walked all
-            # of a million jobs to list the 'done' among them. Listings are planned for their
-            # values instead: a fraction of a millisecond.
+            # plan cannot tell a rare status, queue or task from a common one, and walks every
+            # job to list one that few jobs have. Listings are planned for their values
+            # instead, which costs little beside running them.
             await conn.execute(CUSTOM_PLANS)
             rows = await conn.fetch(LIST_JOBS + where_sql + NEWEST_FIRST, limit, offset, *args)
         return [_job_from_row(row) for row in rows]
