@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import suppress
 from datetime import datetime, timedelta
@@ -643,9 +644,49 @@ async def test_cancels_are_notified_on_a_channel_of_their_own_with_the_job_id(
 
         await store.cancel_job(job.id)
 
-        await wait_until(lambda: heard == [(CANCEL_CHANNEL, str(job.id))], timeout=2)
+        schema = await listener.fetchval("SELECT current_schema()")
+        await wait_until(lambda: heard == [(CANCEL_CHANNEL, f"{schema}.{job.id}")], timeout=2)
     finally:
         await listener.close()
+
+
+async def test_a_cancel_in_another_schema_of_the_database_is_not_heard_here(
+    store: JobStore,
+    settings: Settings,
+    make_settings: SettingsFactory,
+    postgres_url: str,
+    clock: ManualClock,
+) -> None:
+    # Two services sharing one database, a schema each: their job ids overlap.
+    schema = f"test_{uuid.uuid4().hex[:12]}"
+    await sql(settings, f"CREATE SCHEMA {schema}")
+    separator = "&" if "?" in postgres_url else "?"
+    elsewhere = make_store(
+        make_settings(database_url=f"{postgres_url}{separator}search_path={schema}"), clock
+    )
+    await elsewhere.open()
+    try:
+        heard_here: list[int] = []
+        heard_there: list[int] = []
+        store.subscribe_cancellations(heard_here.append)
+        elsewhere.subscribe_cancellations(heard_there.append)
+        here = [job for job, _ in await store.insert_all_jobs([new_job(0), new_job(1)])]
+        (there, _) = await elsewhere.insert_job(new_job())
+        assert there.id == here[0].id
+        await store.fetch_jobs(EVERY_QUEUE)
+        await elsewhere.fetch_jobs(EVERY_QUEUE)
+
+        await elsewhere.cancel_job(there.id)
+        # Notices arrive in the order they were sent: once this one is heard, so is any
+        # that the other schema's cancel sent here.
+        await store.cancel_job(here[1].id)
+        await wait_until(lambda: here[1].id in heard_here, timeout=2)
+
+        assert heard_here == [here[1].id]
+        assert heard_there == [there.id]
+    finally:
+        await elsewhere.close()
+        await sql(settings, f"DROP SCHEMA {schema} CASCADE")
 
 
 async def test_a_retry_through_one_instance_wakes_the_others(

@@ -13,7 +13,7 @@
   behind a worker's transaction.
 - Inserts, retries and resumed queues notify every instance (LISTEN/NOTIFY) so an idle worker
   anywhere starts at once; a running job's cancel is told on a channel of its own, with the
-  job's id, to the instance running it. A listening connection that drops (a database
+  schema and the job's id, to the instance running it. A listening connection that drops (a database
   restart) is opened again. With DATABASE_NOTIFY=false, workers poll instead.
 - A running job holds a lease that its instance renews. When an instance dies, any other
   requeues its jobs once their leases expire (the lost attempt counted), or fails them when
@@ -65,7 +65,8 @@ LOST_INSTANCE_DIED = "lost: instance died"
 # Seconds between looks for instances that died (their liveness lock free).
 LIVENESS_INTERVAL = 1.0
 NOTIFY_CHANNEL = "jobs_inserted"
-# Running jobs whose cancel was asked for; each notification's payload is the job's id.
+# Running jobs whose cancel was asked for; each notification's payload is `<schema>.<id>`.
+# Channels span the whole database, so the schema tells apart services that share one.
 CANCEL_CHANNEL = "jobs_cancelled"
 Batch = Callable[[asyncpg.Connection, list[Any]], Awaitable[list[Any]]]
 # What reaching the database can raise: refused or dropped connections, server errors.
@@ -251,7 +252,7 @@ CANCEL_JOB = (
     f" RETURNING {COLUMNS}),"
     f" counted AS ({COUNT_CHANGED} WHERE status = 'cancelled')"
     f" SELECT {COLUMNS}, CASE WHEN $3 AND status = 'running'"
-    f" THEN pg_notify('{CANCEL_CHANNEL}', id::text) END FROM changed"
+    f" THEN pg_notify('{CANCEL_CHANNEL}', current_schema() || '.' || id) END FROM changed"
 )
 CANCEL_REQUESTED_AMONG = (
     "SELECT id FROM jobs WHERE id = ANY($1::bigint[]) AND status = 'running' AND cancel_requested"
@@ -411,6 +412,8 @@ class PostgresJobStore:
         self._insert_connection = _HeldConnection(self._open_pool)
         self._writer_connection = _HeldConnection(self._open_pool)
         self._notifications: asyncpg.Connection | None = None
+        # The schema the listening connection works in, as cancel notices name it.
+        self._schema = ""
         self._relisten: asyncio.Task[None] | None = None
         self._closing = False
         self._held: set[int] = set()
@@ -857,6 +860,7 @@ class PostgresJobStore:
     async def _listen(self) -> None:
         conn = await asyncpg.connect(self._dsn)
         conn.add_termination_listener(self._on_listener_lost)
+        self._schema = await conn.fetchval("SELECT current_schema()")
         await conn.add_listener(NOTIFY_CHANNEL, self._on_notification)
         await conn.add_listener(CANCEL_CHANNEL, self._on_cancel_notification)
         self._notifications = conn
@@ -880,8 +884,10 @@ class PostgresJobStore:
     def _on_cancel_notification(
         self, _conn: object, _pid: int, _channel: str, payload: str
     ) -> None:
-        with suppress(ValueError):
-            self._tell_cancel(int(payload))
+        schema, _, job_id = payload.rpartition(".")
+        if schema == self._schema:
+            with suppress(ValueError):
+                self._tell_cancel(int(job_id))
 
     def _tell_cancel(self, job_id: int) -> None:
         for on_cancel in self._cancel_listeners:
