@@ -1,4 +1,5 @@
-"""Delete the files of what was not chosen: other job stores, metrics when they are off.
+"""Delete the files of what was not chosen: other job stores, metrics and API keys when
+they are off.
 
 A rendered project never mentions a backend it does not have. Cookiecutter renders
 this file with Jinja and runs it inside the new project; running it again is harmless.
@@ -11,6 +12,7 @@ from pathlib import Path
 
 CHOSEN_JOB_STORE = "{{ cookiecutter.job_store }}"
 USE_METRICS = "{{ cookiecutter.use_metrics }}" == "yes"
+USE_AUTH = "{{ cookiecutter.use_auth }}" == "yes"
 PACKAGE_DIR = Path("src", "{{ cookiecutter.package_name }}")
 STORE_DIR = PACKAGE_DIR / "jobs" / "store"
 
@@ -40,6 +42,13 @@ METRICS_FILES: tuple[Path, ...] = (
     Path("monitoring"),
 )
 
+# Everything of API-key authentication that is a file of its own.
+AUTH_FILES: tuple[Path, ...] = (
+    PACKAGE_DIR / "api_keys.py",
+    PACKAGE_DIR / "api" / "auth.py",
+    Path("tests", "test_auth.py"),
+)
+
 
 def remove_path(path: Path) -> None:
     """Delete a file or a directory tree; one that is already gone is fine."""
@@ -65,10 +74,17 @@ def remove_metrics_files() -> None:
         remove_path(path)
 
 
+def remove_auth_files() -> None:
+    for path in AUTH_FILES:
+        remove_path(path)
+
+
 def main() -> None:
     remove_unused_store_files()
     if not USE_METRICS:
         remove_metrics_files()
+    if not USE_AUTH:
+        remove_auth_files()
 
 
 if __name__ == "__main__":

@@ -111,6 +111,7 @@ def check_answers(answers: dict[str, object]) -> None:
     check_integer("worker_count", answers["worker_count"], WORKER_COUNT_RANGE)
     check_integer("port", answers["port"], PORT_RANGE)
     check_yes_no("use_metrics", answers["use_metrics"])
+    check_yes_no("use_auth", answers["use_auth"])
 
 
 def main() -> int:

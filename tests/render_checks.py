@@ -36,6 +36,9 @@ FORBIDDEN_MENTIONS: dict[str, tuple[str, ...]] = {
 # What a render with use_metrics=no must never mention.
 METRICS_MENTIONS = (r"prometheus", r"grafana", r"/metrics\b")
 
+# What a render with use_auth=no must never mention.
+AUTH_MENTIONS = (r"api[_ -]?keys?\b", r"\bbearer\b", r"authenticat", r"www-authenticate")
+
 
 def project_paths(root: Path) -> Iterator[Path]:
     """Every directory and file under `root`, relative to it, tool caches left out."""
@@ -85,4 +88,10 @@ def find_forbidden_mentions(root: Path, job_store: str) -> list[str]:
 def find_metrics_mentions(root: Path) -> list[str]:
     """Mentions of the metrics feature, in names or contents."""
     either = "|".join(f"(?:{pattern})" for pattern in METRICS_MENTIONS)
+    return find_matches(root, re.compile(either, re.IGNORECASE))
+
+
+def find_auth_mentions(root: Path) -> list[str]:
+    """Mentions of API-key authentication, in names or contents."""
+    either = "|".join(f"(?:{pattern})" for pattern in AUTH_MENTIONS)
     return find_matches(root, re.compile(either, re.IGNORECASE))

@@ -18,6 +18,7 @@ from .baking import JOB_STORES, Bake, resolve_answers
 from .databases import suite_environment
 from .processes import became_healthy, free_port
 from .render_checks import (
+    find_auth_mentions,
     find_forbidden_mentions,
     find_leftover_template_syntax,
     find_matches,
@@ -33,11 +34,12 @@ RENDERS: dict[str, dict[str, str]] = {
         "worker_count": "1",
         "port": "9001",
     },
-    "memory-256-workers-port-65535-no-metrics": {
+    "memory-256-workers-port-65535-no-metrics-no-auth": {
         "job_store": "memory",
         "worker_count": "256",
         "port": "65535",
         "use_metrics": "no",
+        "use_auth": "no",
     },
     "postgres-2-workers-port-8123-no-metrics": {
         "job_store": "postgres",
@@ -136,6 +138,16 @@ def test_render_has_metrics_files_and_dependencies_only_when_chosen(rendered: Re
     assert ("prometheus-client" in pyproject) == chosen
     if not chosen:
         assert find_metrics_mentions(rendered.project_dir) == []
+
+
+def test_render_has_auth_files_only_when_chosen(rendered: Render) -> None:
+    chosen = rendered.answers["use_auth"] == "yes"
+
+    assert (rendered.package_dir / "api_keys.py").is_file() == chosen
+    assert (rendered.package_dir / "api" / "auth.py").is_file() == chosen
+    assert (rendered.project_dir / "tests" / "test_auth.py").is_file() == chosen
+    if not chosen:
+        assert find_auth_mentions(rendered.project_dir) == []
 
 
 def test_settings_default_to_the_answered_worker_count_and_port(

@@ -144,6 +144,8 @@ def test_compose_file_is_valid_and_runs_the_image_with_the_chosen_store(
     else:
         assert "DATABASE_URL" not in environment
         assert "volumes" not in app
+    # Passed through from the shell; empty (the API open) when it is not set there.
+    assert environment["API_KEYS"] == ""
     if use_metrics == "yes":
         assert_prometheus_scrapes_the_app(project, services)
 
@@ -305,6 +307,20 @@ def http_container(deployment: dict[str, Any]) -> dict[str, Any]:
     return container
 
 
+# Where the pods find the Secret <slug>-api-keys, mounted as files.
+API_KEYS_FILE = "/run/secrets/api-keys/API_KEYS"
+
+
+def assert_mounts_the_api_keys_secret(deployment: dict[str, Any]) -> None:
+    """The pod mounts the Secret read-only at the directory API_KEYS points into."""
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    mount = {"name": "api-keys", "mountPath": "/run/secrets/api-keys", "readOnly": True}
+    assert mount in container["volumeMounts"]
+    assert {"name": "api-keys", "secret": {"secretName": "job-service-api-keys"}} in pod["volumes"]
+    assert API_KEYS_FILE.startswith(mount["mountPath"] + "/")
+
+
 def test_kubernetes_postgres_runs_api_and_workers_as_two_deployments(bake: Bake) -> None:
     kinds = manifests(bake(**store_answers("postgres")))
     secret = {"secretKeyRef": {"name": "job-service-database", "key": "DATABASE_URL"}}
@@ -318,12 +334,16 @@ def test_kubernetes_postgres_runs_api_and_workers_as_two_deployments(bake: Bake)
         "START_HTTP": "true",
         "START_WORKERS": "false",
         "DATABASE_URL": secret,
+        "API_KEYS": API_KEYS_FILE,
     }
+    assert_mounts_the_api_keys_secret(api)
     assert env_of(worker_container) == {
         "START_HTTP": "false",
         "START_WORKERS": "true",
         "DATABASE_URL": secret,
+        "API_KEYS": API_KEYS_FILE,
     }
+    assert_mounts_the_api_keys_secret(worker)
     # A worker-only process listens for /health (and /metrics).
     assert http_container(worker)["readinessProbe"]["httpGet"]["path"] == "/health"
     assert api["spec"]["template"]["spec"]["containers"][0]["image"] == worker_container["image"]
@@ -352,18 +372,34 @@ def test_kubernetes_single_replica_stores_run_one_pod_that_does_everything(
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     assert environment["START_HTTP"] == environment["START_WORKERS"] == "true"
+    assert environment["API_KEYS"] == API_KEYS_FILE
+    assert_mounts_the_api_keys_secret(deployment)
     if single_store == "sqlite":
         (claim,) = kinds["PersistentVolumeClaim"]
         assert environment["DATABASE_URL"] == "sqlite:////data/jobs.db"
-        assert container["volumeMounts"] == [{"name": "data", "mountPath": "/data"}]
-        assert pod["volumes"] == [
-            {"name": "data", "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]}}
-        ]
+        assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"]
+        assert {
+            "name": "data",
+            "persistentVolumeClaim": {"claimName": claim["metadata"]["name"]},
+        } in pod["volumes"]
         assert pod["securityContext"]["fsGroup"] == IMAGE_UID
     else:
         assert set(kinds) == {"Deployment", "Service"}
         assert "DATABASE_URL" not in environment
-        assert "volumes" not in pod
+        assert [volume["name"] for volume in pod["volumes"]] == ["api-keys"]
+
+
+@pytest.mark.parametrize("store_without_auth", JOB_STORES)
+def test_kubernetes_without_auth_has_no_api_keys_secret(
+    bake: Bake, store_without_auth: str
+) -> None:
+    kinds = manifests(bake(**store_answers(store_without_auth), use_auth="no"))
+
+    for deployment in kinds["Deployment"]:
+        pod = deployment["spec"]["template"]["spec"]
+        (container,) = pod["containers"]
+        assert "API_KEYS" not in env_of(container)
+        assert "api-keys" not in {volume["name"] for volume in pod.get("volumes", [])}
 
 
 # --- CI workflow ------------------------------------------------------------------------

@@ -67,6 +67,7 @@ BAD_ANSWERS: dict[str, list[str]] = {
 BAD_CHOICES: dict[str, list[str]] = {
     "job_store": ["mysql", "SQLite", "Postgres", ""],
     "use_metrics": ["y", "true", "Yes", ""],
+    "use_auth": ["y", "true", "Yes", ""],
 }
 
 
@@ -213,6 +214,7 @@ def test_hooks_and_cookiecutter_json_agree_on_the_choices() -> None:
     assert set(pre_gen.JOB_STORES) == set(JOB_STORES)
     assert set(post_gen.STORE_FILES) == set(JOB_STORES)
     assert set(pre_gen.YES_NO) == set(PROMPTS["use_metrics"])
+    assert set(pre_gen.YES_NO) == set(PROMPTS["use_auth"])
 
 
 def rendered_hook(name: str, answers: dict[str, Any], destination: Path) -> Path:
@@ -292,4 +294,35 @@ def test_post_gen_hook_removes_every_metrics_file_when_metrics_are_off(
 
     assert [path.exists() for path in files] == [use_metrics == "yes"] * len(files)
     assert (project_dir / "monitoring").exists() == (use_metrics == "yes")
+    assert kept.exists()
+
+
+# Everything of API-key authentication, relative to the project root.
+AUTH_FILES = {
+    "src/<package>/api_keys.py",
+    "src/<package>/api/auth.py",
+    "tests/test_auth.py",
+}
+
+
+@pytest.mark.parametrize("use_auth", ["yes", "no"])
+def test_post_gen_hook_removes_every_auth_file_when_auth_is_off(
+    use_auth: str, tmp_path: Path
+) -> None:
+    answers = resolve_answers({"use_auth": use_auth})
+    project_dir = tmp_path / "project"
+    files = [
+        project_dir / relative.replace("<package>", answers["package_name"])
+        for relative in AUTH_FILES
+    ]
+    kept = project_dir / "src" / answers["package_name"] / "api" / "jobs.py"
+    for path in [*files, kept]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+    hook = rendered_hook("post_gen_project", answers, tmp_path / "post_gen_project.py")
+
+    for _ in range(2):
+        subprocess.run([sys.executable, str(hook)], cwd=project_dir, check=True)
+
+    assert [path.exists() for path in files] == [use_auth == "yes"] * len(files)
     assert kept.exists()

@@ -24,8 +24,12 @@ explicit (`CHECKS`) and a schemathesis upgrade cannot change it silently:
 - `ensure_resource_availability`, `use_after_free` (stateful, on links schemathesis
   infers): a job just accepted can be read back; a deleted resource stays gone.
 
-Left out: `ignored_auth` and `object_level_authorization` (nothing authenticates yet;
-when authentication lands this test must send credentials and turn them on) and
+With API keys (the renders with `use_auth=yes`) the service runs with API_KEYS set,
+schemathesis sends the admin key on every request, and one check more runs:
+- `ignored_auth`: an operation that declares the bearer scheme refuses a request without
+  the key, or with a wrong one.
+
+Left out: `object_level_authorization` (keys have roles, jobs have no owners) and
 `max_response_time` (timing on a shared 2-CPU machine is noise; see the benchmarks). No
 check notices a documented status the service never sends (FastAPI's default 422, say):
 review the document for those.
@@ -65,10 +69,11 @@ from .baking import JOB_STORES, Bake, resolve_answers
 from .databases import DEFAULT_URL, UNREACHABLE, database_of_its_own, run_sql
 from .processes import LOCAL_OPENER, became_healthy, free_port, stop
 
-# Every job store, plus a render without metrics (one operation less).
+# Every job store, with API keys; plus a render without metrics (one operation less) nor
+# API keys (a document without a security scheme).
 RENDERS: dict[str, dict[str, str]] = {
     **{f"job_store={store}": {"job_store": store} for store in JOB_STORES},
-    "use_metrics=no": {"use_metrics": "no"},
+    "use_metrics=no-use_auth=no": {"use_metrics": "no", "use_auth": "no"},
 }
 
 CHECKS = (
@@ -85,6 +90,9 @@ CHECKS = (
     "ensure_resource_availability",
     "use_after_free",
 )
+AUTH_CHECKS = ("ignored_auth",)
+# The admin key schemathesis sends where the render has API keys.
+API_SECRET = "schemathesis-admin-secret-0123456789"
 PHASES = ("examples", "coverage", "fuzzing", "stateful")
 MAX_EXAMPLES = 50
 SEED = 1
@@ -104,6 +112,8 @@ class Service:
     base_url: str
     popen: subprocess.Popen[bytes]
     log: Path
+    # The API key to send, when the service has API keys.
+    secret: str | None
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -161,6 +171,9 @@ def service(request: pytest.FixtureRequest, bake: Bake, tmp_path: Path) -> Itera
             SHUTDOWN_GRACE="2",
             **store_env,
         )
+        secret = API_SECRET if resolved["use_auth"] == "yes" else None
+        if secret:
+            env["API_KEYS"] = f"schemathesis:{secret}"
         # The working directory is empty: no .env file changes the settings.
         workdir = tmp_path / "service"
         workdir.mkdir()
@@ -172,7 +185,7 @@ def service(request: pytest.FixtureRequest, bake: Bake, tmp_path: Path) -> Itera
                 stdout=output,
                 stderr=subprocess.STDOUT,
             )
-        running = Service(f"http://127.0.0.1:{port}", popen, log)
+        running = Service(f"http://127.0.0.1:{port}", popen, log, secret)
         try:
             assert became_healthy(f"{running.base_url}/health", popen, within=30), (
                 f"the service did not become healthy:\n{running.output()}"
@@ -209,7 +222,11 @@ def schemathesis_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def schemathesis_command(base_url: str, config_file: Path, report: Path) -> list[str]:
+def schemathesis_command(
+    base_url: str, config_file: Path, report: Path, secret: str | None
+) -> list[str]:
+    checks = (*CHECKS, *AUTH_CHECKS) if secret else CHECKS
+    credentials = ["--header", f"Authorization: Bearer {secret}"] if secret else []
     return [
         sys.executable,
         "-m",
@@ -219,8 +236,9 @@ def schemathesis_command(base_url: str, config_file: Path, report: Path) -> list
         "--no-color",
         "run",
         f"{base_url}/openapi.json",
+        *credentials,
         "--checks",
-        ",".join(CHECKS),
+        ",".join(checks),
         "--phases",
         ",".join(PHASES),
         "--mode",
@@ -260,7 +278,7 @@ def test_service_conforms_to_its_own_openapi_document(service: Service, tmp_path
     config_file = tmp_path / "schemathesis.toml"
     config_file.write_text(SCHEMATHESIS_TOML)
     report_file = tmp_path / "schemathesis-report.json"
-    command = schemathesis_command(service.base_url, config_file, report_file)
+    command = schemathesis_command(service.base_url, config_file, report_file, service.secret)
     # schemathesis and Hypothesis write what they keep under the working directory.
     workdir = tmp_path / "schemathesis"
     workdir.mkdir()

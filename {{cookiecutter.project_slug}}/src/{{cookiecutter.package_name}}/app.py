@@ -1,21 +1,30 @@
 """Builds the application: routes, error handling, and the lifespan that runs the engine."""
 
 import asyncio
-{%- if cookiecutter.job_store == "sqlite" %}
+{%- if cookiecutter.job_store == "sqlite" or cookiecutter.use_auth == "yes" %}
 import logging
 {%- endif %}
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from datetime import timedelta
+{%- if cookiecutter.use_auth == "yes" %}
+from typing import Any
+{%- endif %}
 
-from fastapi import FastAPI
+from fastapi import FastAPI{% if cookiecutter.use_auth == "yes" %}, Security{% endif %}
 
 from .about import DESCRIPTION, TITLE
 from .api import jobs, queues, schedules, system
+{%- if cookiecutter.use_auth == "yes" %}
+from .api.auth import RequireApiKey
+{%- endif %}
 from .api.body_limit import BodySizeLimitMiddleware
 from .api.errors import document_validation_errors_as_400, install_error_handlers
 from .api.request_events import RequestEventsMiddleware
+{%- if cookiecutter.use_auth == "yes" %}
+from .api.schemas import error_responses
+{%- endif %}
 from .events import EventBus
 from .jobs.clock import Clock, SystemClock
 from .jobs.engine import Engine
@@ -33,7 +42,7 @@ from .metrics import ServiceMetrics
 {%- endif %}
 from .settings import Settings, SettingsError, load_settings
 from .subscribers import subscribe
-{%- if cookiecutter.job_store == "sqlite" %}
+{%- if cookiecutter.job_store == "sqlite" or cookiecutter.use_auth == "yes" %}
 
 logger = logging.getLogger(__name__)
 {%- endif %}
@@ -121,17 +130,38 @@ def create_app(
     app.add_middleware(RequestEventsMiddleware, events=events)
     install_error_handlers(app)
     document_validation_errors_as_400(app)
+{%- if cookiecutter.use_auth == "yes" %}
+    protected = api_key_protection(settings)
+{%- endif %}
     # A worker-only process serves no jobs API, but still answers probes (/ and /health){% if cookiecutter.use_metrics == "yes" %}
     # and Prometheus{% endif %}.
     if settings.start_http:
-        app.include_router(jobs.router)
-        app.include_router(queues.router)
-        app.include_router(schedules.router)
-    app.include_router(system.router)
+        for router in (jobs.router, queues.router, schedules.router):
+            app.include_router(router{% if cookiecutter.use_auth == "yes" %}, **protected{% endif %})
+    app.include_router(system.router{% if cookiecutter.use_auth == "yes" %}, **protected{% endif %})
+    app.include_router(system.probes)
 {%- if cookiecutter.use_metrics == "yes" %}
     service_metrics.instrument_app(app)
 {%- endif %}
     return app
+{%- if cookiecutter.use_auth == "yes" %}
+
+
+def api_key_protection(settings: Settings) -> dict[str, Any]:
+    """What `include_router` adds to every route but the probes{% if cookiecutter.use_metrics == "yes" %} and /metrics{% endif %}: one of
+    API_KEYS is needed when it names any."""
+    if not settings.api_keys:
+        if settings.start_http:
+            logger.warning(
+                "API_KEYS is not set: anyone who can reach this service can submit, cancel"
+                " and read its jobs"
+            )
+        return {}
+    return {
+        "dependencies": [Security(RequireApiKey(settings.api_keys))],
+        "responses": error_responses(401, 403),
+    }
+{%- endif %}
 
 
 def start_chores(

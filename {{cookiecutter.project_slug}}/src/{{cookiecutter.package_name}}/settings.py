@@ -10,12 +10,19 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+{% if cookiecutter.use_auth == "yes" -%}
+from .api_keys import ApiKey, parse_api_keys
+{% endif -%}
 from .jobs.model import DEFAULT_QUEUE, QUEUE_NAME_PATTERN, JobStatus
 
 PositiveSeconds = Annotated[float, Field(gt=0)]
 DAY = 24 * 60 * 60
 # Up to a century: older cutoffs are out of datetime's range and mean "keep" anyway (0).
 RetentionSeconds = Annotated[float, Field(ge=0, le=100 * 365 * DAY)]
+{%- if cookiecutter.use_auth == "yes" %}
+# Their values are never printed, not even in an error naming them.
+SECRET_SETTINGS = frozenset({"api_keys"})
+{%- endif %}
 
 
 class SettingsError(Exception):
@@ -57,6 +64,12 @@ class Settings(BaseSettings):
     # A job lost this many attempts in a row (its instance died, or its lease expired)
     # fails: one that crashes whatever runs it is not passed around the fleet.
     job_lost_limit: Annotated[int, Field(ge=1, le=100)] = 3
+{%- endif %}
+{%- if cookiecutter.use_auth == "yes" %}
+    # Who may call the API: `name:secret` (an admin key) or `name:secret:read` (GET routes
+    # only), comma-separated, or the path of a file of them, one a line (a mounted secret).
+    # Unset: the API is open to anyone who can reach it.
+    api_keys: Annotated[tuple[ApiKey, ...], NoDecode] = ()
 {%- endif %}
     start_http: bool = True
     start_workers: bool = True
@@ -101,6 +114,14 @@ class Settings(BaseSettings):
         if not limits:
             raise ValueError("names no queue")
         return limits
+
+{%- if cookiecutter.use_auth == "yes" %}
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _parse_api_keys(cls, value: object) -> object:
+        return parse_api_keys(value) if isinstance(value, str) else value
+{%- endif %}
 
     @field_validator("queues")
     @classmethod
@@ -175,6 +196,10 @@ def _describe(exc: ValidationError) -> str:
         message = error["msg"].removeprefix("Value error, ")
         if error["loc"] and error["type"] == "missing":
             problems.append(f"{str(error['loc'][0]).upper()} is required")
+{%- if cookiecutter.use_auth == "yes" %}
+        elif error["loc"] and error["loc"][0] in SECRET_SETTINGS:
+            problems.append(f"{str(error['loc'][0]).upper()} is invalid: {message}")
+{%- endif %}
         elif error["loc"]:
             variable = str(error["loc"][0]).upper()
             problems.append(f"{variable}={error.get('input')!r} is invalid: {message}")

@@ -112,6 +112,10 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
 
 ERRORS = {
     400: "The request is invalid; the message names the field and what is wrong with it.",
+{%- if cookiecutter.use_auth == "yes" %}
+    401: "No API key was sent, or it is not one of API_KEYS.",
+    403: "The API key may only read (its role is read); this route needs an admin key.",
+{%- endif %}
     404: "No such job.",
     409: "The job is not in a status this action applies to.",
     413: "The request body is larger than MAX_BODY_BYTES.",

@@ -1,4 +1,4 @@
-"""Liveness and overview: `/`, `/health`, `/stats`."""
+"""Liveness and overview: the probes `/` and `/health`, and `/stats`."""
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
@@ -8,16 +8,18 @@ from ..jobs.store import StoreUnavailable
 from .deps import EngineDep, StoreDep
 from .schemas import Health, Stats, error_responses
 
+# Open to anyone, always: load balancers and orchestrators probe without credentials.
+probes = APIRouter(tags=["system"])
 router = APIRouter(tags=["system"])
 
 
-@router.get("/", response_class=PlainTextResponse)
+@probes.get("/", response_class=PlainTextResponse)
 async def root() -> str:
     """Answers while the server runs."""
     return "Server is running"
 
 
-@router.get(
+@probes.get(
     "/health",
     response_model=Health,
     response_model_exclude_none=True,
