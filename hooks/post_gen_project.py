@@ -1,5 +1,5 @@
-"""Delete the files of what was not chosen: other job stores, metrics and API keys when
-they are off.
+"""Delete the files of what was not chosen: other job stores, and metrics, API keys or the
+dashboard when they are off.
 
 A rendered project never mentions a backend it does not have. Cookiecutter renders
 this file with Jinja and runs it inside the new project; running it again is harmless.
@@ -13,6 +13,7 @@ from pathlib import Path
 CHOSEN_JOB_STORE = "{{ cookiecutter.job_store }}"
 USE_METRICS = "{{ cookiecutter.use_metrics }}" == "yes"
 USE_AUTH = "{{ cookiecutter.use_auth }}" == "yes"
+USE_DASHBOARD = "{{ cookiecutter.use_dashboard }}" == "yes"
 PACKAGE_DIR = Path("src", "{{ cookiecutter.package_name }}")
 STORE_DIR = PACKAGE_DIR / "jobs" / "store"
 
@@ -47,6 +48,14 @@ AUTH_FILES: tuple[Path, ...] = (
     PACKAGE_DIR / "api_keys.py",
     PACKAGE_DIR / "api" / "auth.py",
     Path("tests", "test_auth.py"),
+    # The dashboard's sign-in page: without keys there is nothing to sign in with.
+    PACKAGE_DIR / "dashboard" / "templates" / "login.html",
+)
+
+# Everything of the dashboard.
+DASHBOARD_FILES: tuple[Path, ...] = (
+    PACKAGE_DIR / "dashboard",
+    Path("tests", "test_dashboard.py"),
 )
 
 
@@ -79,12 +88,19 @@ def remove_auth_files() -> None:
         remove_path(path)
 
 
+def remove_dashboard_files() -> None:
+    for path in DASHBOARD_FILES:
+        remove_path(path)
+
+
 def main() -> None:
     remove_unused_store_files()
     if not USE_METRICS:
         remove_metrics_files()
     if not USE_AUTH:
         remove_auth_files()
+    if not USE_DASHBOARD:
+        remove_dashboard_files()
 
 
 if __name__ == "__main__":

@@ -112,6 +112,7 @@ def check_answers(answers: dict[str, object]) -> None:
     check_integer("port", answers["port"], PORT_RANGE)
     check_yes_no("use_metrics", answers["use_metrics"])
     check_yes_no("use_auth", answers["use_auth"])
+    check_yes_no("use_dashboard", answers["use_dashboard"])
 
 
 def main() -> int:

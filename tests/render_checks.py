@@ -12,6 +12,10 @@ TOOL_DIRS = frozenset({".mypy_cache", ".pytest_cache", ".ruff_cache", ".venv", "
 
 # `{{task}}` is Grafana's legend syntax, not Jinja's; rendered Jinja never leaves it.
 LEFTOVER_TEMPLATE_SYNTAX = re.compile(r"\{\{(?!\w+\}\})|\{%|\{#|cookiecutter\.")
+# The dashboard's page templates are Jinja of their own, copied unrendered
+# (`_copy_without_render`): only a `cookiecutter.` left in them is a leftover.
+PAGE_TEMPLATES = re.compile(r"(^|/)dashboard/templates/[^/]+\.html$")
+LEFTOVER_IN_PAGE_TEMPLATES = re.compile(r"cookiecutter\.")
 
 # What a render with each job store must never mention: the other stores, by any of
 # their names. Matched case-insensitively against every file name and text line.
@@ -35,6 +39,9 @@ FORBIDDEN_MENTIONS: dict[str, tuple[str, ...]] = {
 
 # What a render with use_metrics=no must never mention.
 METRICS_MENTIONS = (r"prometheus", r"grafana", r"/metrics\b")
+
+# What a render with use_dashboard=no must never mention ("Grafana dashboard" is metrics').
+DASHBOARD_MENTIONS = (r"/dashboard\b", r"\bdashboard/", r"jinja", r"csrf", r"itsdangerous")
 
 # What a render with use_auth=no must never mention.
 AUTH_MENTIONS = (r"api[_ -]?keys?\b", r"\bbearer\b", r"authenticat", r"www-authenticate")
@@ -76,7 +83,12 @@ def find_matches(root: Path, pattern: re.Pattern[str]) -> list[str]:
 
 def find_leftover_template_syntax(root: Path) -> list[str]:
     """Jinja or `cookiecutter.` that survived rendering, in names or contents."""
-    return find_matches(root, LEFTOVER_TEMPLATE_SYNTAX)
+    return [
+        found
+        for found in find_matches(root, LEFTOVER_TEMPLATE_SYNTAX)
+        if not PAGE_TEMPLATES.search(found.split(":")[0])
+        or LEFTOVER_IN_PAGE_TEMPLATES.search(found)
+    ]
 
 
 def find_forbidden_mentions(root: Path, job_store: str) -> list[str]:
@@ -94,4 +106,10 @@ def find_metrics_mentions(root: Path) -> list[str]:
 def find_auth_mentions(root: Path) -> list[str]:
     """Mentions of API-key authentication, in names or contents."""
     either = "|".join(f"(?:{pattern})" for pattern in AUTH_MENTIONS)
+    return find_matches(root, re.compile(either, re.IGNORECASE))
+
+
+def find_dashboard_mentions(root: Path) -> list[str]:
+    """Mentions of the dashboard, in names or contents."""
+    either = "|".join(f"(?:{pattern})" for pattern in DASHBOARD_MENTIONS)
     return find_matches(root, re.compile(either, re.IGNORECASE))

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from .databases import suite_environment
 from .processes import became_healthy, free_port
 from .render_checks import (
     find_auth_mentions,
+    find_dashboard_mentions,
     find_forbidden_mentions,
     find_leftover_template_syntax,
     find_matches,
@@ -34,20 +36,23 @@ RENDERS: dict[str, dict[str, str]] = {
         "worker_count": "1",
         "port": "9001",
     },
-    "memory-256-workers-port-65535-no-metrics-no-auth": {
+    "memory-256-workers-port-65535-no-metrics-no-auth-no-dashboard": {
         "job_store": "memory",
         "worker_count": "256",
         "port": "65535",
         "use_metrics": "no",
         "use_auth": "no",
+        "use_dashboard": "no",
     },
-    "postgres-2-workers-port-8123-no-metrics": {
+    # The dashboard without API keys: open, like the API.
+    "postgres-2-workers-port-8123-no-metrics-no-auth": {
         "job_store": "postgres",
         "worker_count": "2",
         "port": "8123",
         "use_metrics": "no",
+        "use_auth": "no",
     },
-    "use_metrics=no": {"use_metrics": "no"},
+    "use_metrics=no-use_dashboard=no": {"use_metrics": "no", "use_dashboard": "no"},
     "project_name=Acme Reports": {"project_name": "Acme Reports"},
 }
 
@@ -150,6 +155,19 @@ def test_render_has_auth_files_only_when_chosen(rendered: Render) -> None:
         assert find_auth_mentions(rendered.project_dir) == []
 
 
+def test_render_has_the_dashboard_and_its_dependencies_only_when_chosen(rendered: Render) -> None:
+    chosen = rendered.answers["use_dashboard"] == "yes"
+    pyproject = (rendered.project_dir / "pyproject.toml").read_text()
+    login_page = rendered.package_dir / "dashboard" / "templates" / "login.html"
+
+    assert (rendered.package_dir / "dashboard").is_dir() == chosen
+    assert (rendered.project_dir / "tests" / "test_dashboard.py").is_file() == chosen
+    assert login_page.is_file() == (chosen and rendered.answers["use_auth"] == "yes")
+    assert ("jinja2" in pyproject) == ("python-multipart" in pyproject) == chosen
+    if not chosen:
+        assert find_dashboard_mentions(rendered.project_dir) == []
+
+
 def test_settings_default_to_the_answered_worker_count_and_port(
     rendered: Render, tmp_path: Path
 ) -> None:
@@ -226,6 +244,12 @@ def test_project_name_leaves_no_trace_of_the_default_names(bake: Bake) -> None:
 
 
 @pytest.mark.slow
+def fetch_status(url: str) -> int:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        status: int = response.status
+        return status
+
+
 def test_default_render_installs_runs_and_benchmarks_in_a_fresh_venv(
     bake: Bake, tmp_path: Path
 ) -> None:
@@ -255,6 +279,11 @@ def test_default_render_installs_runs_and_benchmarks_in_a_fresh_venv(
         )
         try:
             healthy = became_healthy(f"http://127.0.0.1:{port}/health", service, within=60)
+            # Served from the installed package: its templates and stylesheet were packaged.
+            dashboard = [
+                fetch_status(f"http://127.0.0.1:{port}/dashboard/{path}")
+                for path in ("", "static/dashboard.css")
+            ]
             service.send_signal(signal.SIGTERM)
             exit_code = service.wait(timeout=60)
         finally:
@@ -263,6 +292,7 @@ def test_default_render_installs_runs_and_benchmarks_in_a_fresh_venv(
                 service.wait()
 
     assert healthy, log_file.read_text()
+    assert dashboard == [200, 200], log_file.read_text()
     assert exit_code == 0, log_file.read_text()
     # The benchmark needs nothing a plain install lacks (no test dependency).
     sizes = ["--requests", "100", "--connections", "2", "--jobs", "100", "--wakeups", "3"]

@@ -68,6 +68,7 @@ BAD_CHOICES: dict[str, list[str]] = {
     "job_store": ["mysql", "SQLite", "Postgres", ""],
     "use_metrics": ["y", "true", "Yes", ""],
     "use_auth": ["y", "true", "Yes", ""],
+    "use_dashboard": ["y", "true", "Yes", ""],
 }
 
 
@@ -215,6 +216,7 @@ def test_hooks_and_cookiecutter_json_agree_on_the_choices() -> None:
     assert set(post_gen.STORE_FILES) == set(JOB_STORES)
     assert set(pre_gen.YES_NO) == set(PROMPTS["use_metrics"])
     assert set(pre_gen.YES_NO) == set(PROMPTS["use_auth"])
+    assert set(pre_gen.YES_NO) == set(PROMPTS["use_dashboard"])
 
 
 def rendered_hook(name: str, answers: dict[str, Any], destination: Path) -> Path:
@@ -302,6 +304,7 @@ AUTH_FILES = {
     "src/<package>/api_keys.py",
     "src/<package>/api/auth.py",
     "tests/test_auth.py",
+    "src/<package>/dashboard/templates/login.html",
 }
 
 
@@ -325,4 +328,39 @@ def test_post_gen_hook_removes_every_auth_file_when_auth_is_off(
         subprocess.run([sys.executable, str(hook)], cwd=project_dir, check=True)
 
     assert [path.exists() for path in files] == [use_auth == "yes"] * len(files)
+    assert kept.exists()
+
+
+# Everything of the dashboard, relative to the project root.
+DASHBOARD_FILES = {
+    "src/<package>/dashboard/__init__.py",
+    "src/<package>/dashboard/pages.py",
+    "src/<package>/dashboard/templates/base.html",
+    "src/<package>/dashboard/static/dashboard.css",
+    "tests/test_dashboard.py",
+}
+
+
+@pytest.mark.parametrize("use_dashboard", ["yes", "no"])
+def test_post_gen_hook_removes_the_whole_dashboard_when_it_is_off(
+    use_dashboard: str, tmp_path: Path
+) -> None:
+    answers = resolve_answers({"use_dashboard": use_dashboard})
+    project_dir = tmp_path / "project"
+    package_dir = project_dir / "src" / answers["package_name"]
+    files = [
+        project_dir / relative.replace("<package>", answers["package_name"])
+        for relative in DASHBOARD_FILES
+    ]
+    kept = package_dir / "api" / "jobs.py"
+    for path in [*files, kept]:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+    hook = rendered_hook("post_gen_project", answers, tmp_path / "post_gen_project.py")
+
+    for _ in range(2):
+        subprocess.run([sys.executable, str(hook)], cwd=project_dir, check=True)
+
+    assert [path.exists() for path in files] == [use_dashboard == "yes"] * len(files)
+    assert (package_dir / "dashboard").exists() == (use_dashboard == "yes")
     assert kept.exists()

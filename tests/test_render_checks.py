@@ -9,6 +9,8 @@ import pytest
 from .baking import JOB_STORES
 from .render_checks import (
     FORBIDDEN_MENTIONS,
+    find_auth_mentions,
+    find_dashboard_mentions,
     find_forbidden_mentions,
     find_leftover_template_syntax,
     find_metrics_mentions,
@@ -57,6 +59,65 @@ def test_grafana_legend_placeholders_are_not_leftover_syntax(tmp_path: Path) -> 
     root = make_tree(tmp_path, {"dashboard.json": '{"legendFormat": "p95 {{task}} {{le}}"}\n'})
 
     assert find_leftover_template_syntax(root) == []
+
+
+PAGE_TEMPLATE = "src/app/dashboard/templates/job.html"
+
+
+def test_the_dashboard_s_own_jinja_is_not_leftover_syntax(tmp_path: Path) -> None:
+    root = make_tree(
+        tmp_path, {PAGE_TEMPLATE: "{% extends 'base.html' %}\n<h1>{{ job.id }}</h1>\n"}
+    )
+
+    assert find_leftover_template_syntax(root) == []
+
+
+def test_cookiecutter_left_in_a_dashboard_template_is_found(tmp_path: Path) -> None:
+    root = make_tree(
+        tmp_path,
+        {PAGE_TEMPLATE: "<h1>{{ job.id }}</h1>\n<title>{{ cookiecutter.project_name }}</title>\n"},
+    )
+
+    [finding] = find_leftover_template_syntax(root)
+    assert finding.startswith(f"{PAGE_TEMPLATE}:2: ")
+
+
+def test_jinja_in_a_template_outside_the_dashboard_is_found(tmp_path: Path) -> None:
+    root = make_tree(tmp_path, {"src/app/templates/job.html": "<h1>{{ job.id }}</h1>\n"})
+
+    [finding] = find_leftover_template_syntax(root)
+    assert finding.startswith("src/app/templates/job.html:1: ")
+
+
+@pytest.mark.parametrize(
+    ("line", "found"),
+    [
+        ("Open http://localhost:8000/dashboard to see the jobs.", "'/dashboard'"),
+        ("jinja2>=3.1", "'jinja'"),
+        ("Every form carries a CSRF token.", "'CSRF'"),
+        ("A Grafana dashboard shows the job metrics.", None),
+        ("monitoring/grafana/dashboards/jobs.json", None),
+    ],
+)
+def test_dashboard_mentions_are_found_but_not_grafana_s(
+    tmp_path: Path, line: str, found: str | None
+) -> None:
+    root = make_tree(tmp_path, {"README.md": f"{line}\n"})
+
+    findings = find_dashboard_mentions(root)
+
+    assert findings == ([] if found is None else [f"README.md:1: {found}: {line}"])
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["API_KEYS=ops:secret", "Authorization: Bearer <secret>", "an API key", "authentication"],
+)
+def test_auth_mentions_are_found(tmp_path: Path, line: str) -> None:
+    root = make_tree(tmp_path, {"README.md": f"{line}\n"})
+
+    [finding] = find_auth_mentions(root)
+    assert finding.startswith("README.md:1: ")
 
 
 def test_metrics_mentions_are_found_in_names_and_lines(tmp_path: Path) -> None:

@@ -25,6 +25,11 @@ from .api.request_events import RequestEventsMiddleware
 {%- if cookiecutter.use_auth == "yes" %}
 from .api.schemas import error_responses
 {%- endif %}
+{%- if cookiecutter.use_dashboard == "yes" %}
+from .dashboard import NAME as DASHBOARD_NAME
+from .dashboard import PATH as DASHBOARD_PATH
+from .dashboard import create_dashboard
+{%- endif %}
 from .events import EventBus
 from .jobs.clock import Clock, SystemClock
 from .jobs.engine import Engine
@@ -138,6 +143,9 @@ def create_app(
     if settings.start_http:
         for router in (jobs.router, queues.router, schedules.router):
             app.include_router(router{% if cookiecutter.use_auth == "yes" %}, **protected{% endif %})
+{%- if cookiecutter.use_dashboard == "yes" %}
+        app.mount(DASHBOARD_PATH, create_dashboard(app.state, settings), name=DASHBOARD_NAME)
+{%- endif %}
     app.include_router(system.router{% if cookiecutter.use_auth == "yes" %}, **protected{% endif %})
     app.include_router(system.probes)
 {%- if cookiecutter.use_metrics == "yes" %}

@@ -1,0 +1,215 @@
+"""The dashboard's pages, and the actions their buttons post.
+
+Pages read through the same functions as the JSON API, and actions call them, so a cancel
+from here is the cancel of `POST /jobs/{id}/cancel`: the same checks, events and errors.
+"""
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import APIRouter{% if cookiecutter.use_auth == "yes" %}, Form{% endif %}, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse{% if cookiecutter.use_auth == "yes" %}, Response{% endif %}
+from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel, Field, field_validator
+
+from ..about import TITLE
+from ..api import jobs as jobs_api
+from ..api import queues as queues_api
+from ..api import schedules as schedules_api
+from ..api import system as system_api
+from ..api.deps import StoreDep
+from ..jobs.model import NO_NUL, QUEUE_NAME_PATTERN, Job, JobStatus
+from ..jobs.store import JobFilter
+from .access import ActingVisitorDep, Visitor, VisitorDep{% if cookiecutter.use_auth == "yes" %}, check_csrf_token, get_access{% endif %}
+
+TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
+TEMPLATES.env.globals["service_name"] = TITLE
+# The dashboard's mount in the service app: route names are looked up as `dashboard:<name>`,
+# apart from the API's (`retry_job` is both).
+NAME = "dashboard"
+PER_PAGE = 50
+RECENT_FAILURES = 10
+
+router = APIRouter()
+
+
+def render(
+    request: Request,
+    template: str,
+    visitor: Visitor | None,
+    status_code: int = 200,
+    **context: Any,
+) -> HTMLResponse:
+    return TEMPLATES.TemplateResponse(
+        request, template, {"visitor": visitor, **context}, status_code=status_code
+    )
+
+
+def see_other(request: Request, route: str, **path_params: Any) -> RedirectResponse:
+    # 303: the browser follows a form's POST with a GET, so reloading does not post again.
+    return RedirectResponse(request.url_for(f"{NAME}:{route}", **path_params), status_code=303)
+
+
+@router.get("/")
+async def overview(request: Request, visitor: VisitorDep, store: StoreDep) -> HTMLResponse:
+    failures = await store.list_jobs(JobFilter(status=JobStatus.FAILED), RECENT_FAILURES, 0)
+    return render(
+        request,
+        "overview.html",
+        visitor,
+        stats=await system_api.stats(store),
+        queues=await queues_api.list_queues(store, request),
+        failures=failures,
+    )
+
+
+class JobListQuery(BaseModel):
+    """The jobs page's filters, as its form sends them: an empty field means any."""
+
+    status: JobStatus | None = None
+    queue: str | None = Field(None, pattern=QUEUE_NAME_PATTERN)
+    task: str | None = Field(None, min_length=1, max_length=200, pattern=NO_NUL)
+    page: int = Field(1, ge=1, le=jobs_api.MAX_OFFSET // PER_PAGE)
+
+    @field_validator("status", "queue", "task", mode="before")
+    @classmethod
+    def _blank_means_any(cls, value: object) -> object:
+        return None if value == "" else value
+
+
+@router.get("/jobs")
+async def job_list(
+    request: Request,
+    visitor: VisitorDep,
+    store: StoreDep,
+    query: Annotated[JobListQuery, Query()],
+) -> HTMLResponse:
+    where = JobFilter(status=query.status, queue=query.queue, task=query.task)
+    # One more than a page, to know whether there is a next one.
+    found = await store.list_jobs(where, PER_PAGE + 1, (query.page - 1) * PER_PAGE)
+    filters = {key: value for key, value in query.model_dump(exclude={"page"}).items() if value}
+    return render(
+        request,
+        "jobs.html",
+        visitor,
+        jobs=found[:PER_PAGE],
+        query=query,
+        filters=filters,
+        has_next=len(found) > PER_PAGE,
+        statuses=list(JobStatus),
+    )
+
+
+@router.get("/jobs/{job_id}")
+async def job_page(
+    request: Request, job_id: int, visitor: VisitorDep, store: StoreDep
+) -> HTMLResponse:
+    job = await jobs_api.get_job(job_id, store)
+    queues = {queue.name: queue for queue in await queues_api.list_queues(store, request)}
+    now = request.app.state.clock.now()
+    return render(request, "job.html", visitor, job=job, why=why_not_running(job, queues, now))
+
+
+def why_not_running(job: Job, queues: dict[str, Any], now: datetime) -> str | None:
+    """What keeps a job that is not running from starting, or None if nothing does."""
+    if job.status is not JobStatus.QUEUED:
+        return None
+    if job.run_at > now:
+        return f"Scheduled for {job.run_at:%Y-%m-%d %H:%M:%S} UTC."
+    queue = queues.get(job.queue)
+    if queue is not None and queue.paused:
+        return f"Its queue {job.queue} is paused."
+    if queue is not None and queue.concurrency is None:
+        return f"No worker process serves the queue {job.queue}."
+    return f"Due: waiting for a free worker of the queue {job.queue}."
+
+
+@router.post("/jobs/{job_id}/cancel")
+async def cancel_job(
+    request: Request, job_id: int, _: ActingVisitorDep, store: StoreDep
+) -> RedirectResponse:
+    await jobs_api.cancel_job(job_id, store, request)
+    return see_other(request, "job_page", job_id=job_id)
+
+
+@router.post("/jobs/{job_id}/retry")
+async def retry_job(
+    request: Request, job_id: int, _: ActingVisitorDep, store: StoreDep
+) -> RedirectResponse:
+    await jobs_api.retry_job(job_id, store)
+    return see_other(request, "job_page", job_id=job_id)
+
+
+@router.get("/queues")
+async def queue_list(request: Request, visitor: VisitorDep, store: StoreDep) -> HTMLResponse:
+    queues = await queues_api.list_queues(store, request)
+    return render(request, "queues.html", visitor, queues=queues)
+
+
+@router.post("/queues/{name}/pause")
+async def pause_queue(
+    request: Request, name: queues_api.QueueName, _: ActingVisitorDep, store: StoreDep
+) -> RedirectResponse:
+    await store.pause_queue(name)
+    return see_other(request, "queue_list")
+
+
+@router.post("/queues/{name}/resume")
+async def resume_queue(
+    request: Request, name: queues_api.QueueName, _: ActingVisitorDep, store: StoreDep
+) -> RedirectResponse:
+    await store.resume_queue(name)
+    return see_other(request, "queue_list")
+
+
+@router.get("/schedules")
+async def schedule_list(request: Request, visitor: VisitorDep, store: StoreDep) -> HTMLResponse:
+    schedules = await schedules_api.list_schedules(store, request)
+    return render(request, "schedules.html", visitor, schedules=schedules)
+
+
+@router.post("/schedules/{name}/pause")
+async def pause_schedule(
+    request: Request, name: str, _: ActingVisitorDep, store: StoreDep
+) -> RedirectResponse:
+    await schedules_api.pause_schedule(name, store, request)
+    return see_other(request, "schedule_list")
+
+
+@router.post("/schedules/{name}/resume")
+async def resume_schedule(
+    request: Request, name: str, _: ActingVisitorDep, store: StoreDep
+) -> RedirectResponse:
+    await schedules_api.resume_schedule(name, store, request)
+    return see_other(request, "schedule_list")
+{%- if cookiecutter.use_auth == "yes" %}
+
+
+@router.get("/login")
+async def login_page(request: Request) -> Response:
+    if get_access(request).open:
+        return see_other(request, "overview")
+    return render(request, "login.html", None)
+
+
+@router.post("/login")
+async def sign_in(request: Request, secret: Annotated[str, Form(max_length=1000)] = "") -> Response:
+    access = get_access(request)
+    key = access.identify(secret.strip())
+    if key is None:
+        return render(
+            request, "login.html", None, status_code=401, error="The API key is not valid"
+        )
+    access.sign_in(request, key)
+    return see_other(request, "overview")
+
+
+@router.post("/logout")
+async def sign_out(
+    request: Request, visitor: VisitorDep, csrf_token: Annotated[str, Form()] = ""
+) -> RedirectResponse:
+    check_csrf_token(visitor, csrf_token)
+    request.session.clear()
+    return see_other(request, "login_page")
+{%- endif %}
