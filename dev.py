@@ -173,24 +173,25 @@ def apt_get(*arguments: str) -> bool:
     return subprocess.run(command, env=env, stdout=subprocess.DEVNULL, check=False).returncode == 0
 
 
-def ensure_prometheus() -> None:
-    """Install Debian's prometheus package for the dashboard test, when missing and possible.
+def ensure_debian_package(program: str, package: str, needed_by: str) -> None:
+    """Install a Debian package a test needs, when its program is missing and that is possible.
 
-    Where it cannot be installed, the test skips and says why (REQUIRE_PROMETHEUS=1 fails it).
+    Where it cannot be installed, the test skips and says why (CI's REQUIRE_* fails it).
     """
-    if shutil.which("prometheus") or not shutil.which("apt-get") or os.geteuid() != 0:
+    if shutil.which(program) or not shutil.which("apt-get") or os.geteuid() != 0:
         return
-    print("Installing prometheus (Debian package) for the dashboard test", flush=True)
-    install = ("install", "-y", "--no-install-recommends", "prometheus")
+    print(f"Installing {package} (Debian package) for {needed_by}", flush=True)
+    install = ("install", "-y", "--no-install-recommends", package)
     # A fresh machine may not have read the package lists yet.
     if not apt_get(*install) and not (apt_get("update") and apt_get(*install)):
-        print("WARNING: could not install prometheus; its test will skip", file=sys.stderr)
+        print(f"WARNING: could not install {package}; {needed_by} will skip", file=sys.stderr)
 
 
 def test(pytest_args: list[str]) -> None:
     """Run the template tests with pytest; exit with pytest's exit code."""
     dev_python = ensure_dev_venv()
-    ensure_prometheus()
+    ensure_debian_package("prometheus", "prometheus", "the Grafana dashboard test")
+    ensure_debian_package("chromium", "chromium", "the browser test")
     # From the root, pytest.ini's testpaths makes a bare run mean `pytest tests`, while
     # explicit paths such as tests/test_hooks.py still narrow it.
     os.chdir(ROOT)

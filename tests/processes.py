@@ -7,6 +7,7 @@ import socket
 import subprocess
 import time
 import urllib.request
+from pathlib import Path
 
 # Straight to localhost, whatever http_proxy says.
 LOCAL_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -42,3 +43,20 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+class Process:
+    """A child process logging to a file, stopped with SIGTERM (then SIGKILL) at the end."""
+
+    def __init__(self, command: list[str], cwd: Path, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        with log.open("wb") as output:
+            self.popen = subprocess.Popen(
+                command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT
+            )
+
+    def stop(self) -> None:
+        stop(self.popen)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")

@@ -10,7 +10,6 @@ import json
 import math
 import os
 import shutil
-import subprocess
 import sys
 import time
 import urllib.parse
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 
 from .baking import Bake, resolve_answers
-from .processes import LOCAL_OPENER, became_healthy, free_port, stop
+from .processes import LOCAL_OPENER, Process, became_healthy, free_port
 
 DASHBOARD = Path("monitoring", "grafana", "dashboards", "jobs.json")
 SCRAPE_INTERVAL = "1s"
@@ -64,23 +63,6 @@ def dashboard_queries(project_dir: Path) -> list[str]:
 
 def has_finite_value(result: list[dict[str, Any]]) -> bool:
     return any(math.isfinite(float(series["value"][1])) for series in result)
-
-
-class Process:
-    """A child process logging to a file, stopped with SIGTERM (then SIGKILL) at the end."""
-
-    def __init__(self, command: list[str], cwd: Path, env: dict[str, str], log: Path) -> None:
-        self.log = log
-        with log.open("wb") as output:
-            self.popen = subprocess.Popen(
-                command, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT
-            )
-
-    def stop(self) -> None:
-        stop(self.popen)
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
 
 
 @pytest.fixture
