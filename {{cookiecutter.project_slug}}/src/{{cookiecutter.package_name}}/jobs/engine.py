@@ -163,10 +163,11 @@ class Engine:
                 self._dispatching = True
                 for job in claimed:
                     self._start(job)
-                left = {queue: limit - self._busy[queue] for queue, limit in self._limits.items()}
-                if any(free[queue] and not left[queue] for queue in free):
-                    # A queue took all it had room for: more may be waiting in it.
+                if len(claimed) == sum(free.values()):
+                    # Every queue took all it had room for: more may be waiting, and the next
+                    # free slot sets _attention.
                     continue
+                left = {queue: limit - self._busy[queue] for queue, limit in self._limits.items()}
                 timeout = await self._seconds_until_next_due(left)
             if timeout is None or timeout > 0:
                 with suppress(TimeoutError):
@@ -184,9 +185,10 @@ class Engine:
         return job.queue if job.queue in self._limits else DEFAULT_QUEUE
 
     def _start(self, job: Job) -> None:
-        task = asyncio.create_task(self._run(job), name=f"job-{job.id}")
+        slot = self._slot(job)
+        task = asyncio.create_task(self._run(job, slot), name=f"job-{job.id}")
         self._running[job.id] = (job, task)
-        self._busy[self._slot(job)] += 1
+        self._busy[slot] += 1
 
     def _cancel_running(self, job_id: int) -> None:
         """Tell a running job's handler to stop: an async one is cancelled, a sync one sees
@@ -215,7 +217,8 @@ class Engine:
             except Exception:
                 logger.exception("Could not check running jobs for cancel requests")
 
-    async def _run(self, job: Job) -> None:
+    async def _run(self, job: Job, slot: str) -> None:
+        """Run the job's handler and store its outcome; `slot` is the queue it counts against."""
         task = self._registry.resolve(job)
         self._events.emit(JobStarted(job, task.name, _queue_wait(job)))
         result: Any = None
@@ -243,7 +246,7 @@ class Engine:
                 duration = time.perf_counter() - started
                 # The slot frees as soon as the handler returns, so that the next claim can
                 # share a commit with this job's outcome.
-                self._busy[self._slot(job)] -= 1
+                self._busy[slot] -= 1
                 self._attention.set()
             # A job whose cancel was asked for ends cancelled (the store sees to that) with
             # its result or its error, whichever the handler left.
