@@ -14,6 +14,9 @@ from .base import TICKS_KEPT, Enqueued, JobConflict, JobFilter, QueueCounts, Sch
 # A status set this large a share of all jobs is walked newest first rather than sorted.
 DENSE_SHARE = 8
 
+# A queue's due jobs by (claim_at, id, run_at): the first is the next to claim.
+ReadyHeap = list[tuple[datetime, int, datetime]]
+
 
 class MemoryJobStore:
     """Jobs in a dict; each queue's queued jobs in heaps (see __init__)."""
@@ -26,7 +29,7 @@ class MemoryJobStore:
         # (claim_at, id, run_at). Entries go stale when a job leaves the queue or is
         # requeued; claims skip them.
         self._scheduled: dict[str, list[tuple[datetime, int]]] = defaultdict(list)
-        self._ready: dict[str, list[tuple[datetime, int, datetime]]] = defaultdict(list)
+        self._ready: dict[str, ReadyHeap] = defaultdict(list)
         # Ids (as dict keys, for their order) per status in the order jobs entered it: a
         # finished status's oldest first, for retention. Per queue and per task ascending,
         # for listings by either.
@@ -96,7 +99,12 @@ class MemoryJobStore:
         now = self._clock.now()
         claimed: list[Job] = []
         for queues, limit in self._claimable(limits):
-            for job in self._take_due(queues, limit, now):
+            heaps = [self._ready_heap(queue, now) for queue in queues]
+            for _ in range(limit):
+                heap = self._first_due(heaps)
+                if heap is None:
+                    break
+                job = self._jobs[heapq.heappop(heap)[1]]
                 self._move(job, JobStatus.RUNNING)
                 job.attempt += 1
                 job.started_at = now
@@ -183,10 +191,10 @@ class MemoryJobStore:
         run_ats: list[datetime] = []
         for queues, _ in self._claimable(limits):
             for queue in queues:
-                self._promote_due(queue, now)
                 # Due jobs wait in claim order, not run_at order: look at them all (after a
                 # claim round they are few, or the queue is full and not asked about).
-                run_ats += (e[2] for e in self._ready[queue] if self._is_current(e[1], e[2]))
+                ready = self._ready_heap(queue, now)
+                run_ats += (e[2] for e in ready if self._is_current(e[1], e[2]))
                 scheduled = self._scheduled[queue]
                 while scheduled and not self._is_current(scheduled[0][1], scheduled[0][0]):
                     heapq.heappop(scheduled)
@@ -297,30 +305,26 @@ class MemoryJobStore:
                 queues = [name] if name in known else []
             yield [q for q in queues if not self._paused.get(q, False)], limit
 
-    def _take_due(self, queues: list[str], limit: int, now: datetime) -> Iterator[Job]:
-        """Up to `limit` due jobs from these queues, in claim order, popped from their heaps."""
-        for queue in queues:
-            self._promote_due(queue, now)
-        for _ in range(limit):
-            best: list[tuple[datetime, int, datetime]] | None = None
-            for queue in queues:
-                heap = self._ready[queue]
-                while heap and not self._is_current(heap[0][1], heap[0][2]):
-                    heapq.heappop(heap)
-                if heap and (best is None or heap[0] < best[0]):
-                    best = heap
-            if best is None:
-                return
-            yield self._jobs[heapq.heappop(best)[1]]
+    def _first_due(self, heaps: list[ReadyHeap]) -> ReadyHeap | None:
+        """The ready heap whose first job is the next to claim, stale entries dropped; None
+        when all are empty."""
+        best = None
+        for heap in heaps:
+            while heap and not self._is_current(heap[0][1], heap[0][2]):
+                heapq.heappop(heap)
+            if heap and (best is None or heap[0] < best[0]):
+                best = heap
+        return best
 
-    def _promote_due(self, queue: str, now: datetime) -> None:
-        """Move the queue's jobs that have become due from its scheduled heap to its ready one."""
-        scheduled = self._scheduled[queue]
+    def _ready_heap(self, queue: str, now: datetime) -> ReadyHeap:
+        """The queue's ready heap, once its jobs that have become due are moved into it from
+        its scheduled heap."""
+        scheduled, ready = self._scheduled[queue], self._ready[queue]
         while scheduled and scheduled[0][0] <= now:
             run_at, job_id = heapq.heappop(scheduled)
             if self._is_current(job_id, run_at):
-                job = self._jobs[job_id]
-                heapq.heappush(self._ready[queue], (self._claim_at(job), job_id, run_at))
+                heapq.heappush(ready, (self._claim_at(self._jobs[job_id]), job_id, run_at))
+        return ready
 
     def _is_current(self, job_id: int, run_at: datetime) -> bool:
         """Whether a heap entry still stands for a queued job (jobs move on, entries stay)."""
