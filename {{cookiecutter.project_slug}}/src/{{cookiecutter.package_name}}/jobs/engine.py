@@ -163,12 +163,11 @@ class Engine:
                 self._dispatching = True
                 for job in claimed:
                     self._start(job)
-                if len(claimed) == sum(free.values()):
-                    # Every queue took all it had room for: more may be waiting, and the next
-                    # free slot sets _attention.
-                    continue
-                left = {queue: limit - self._busy[queue] for queue, limit in self._limits.items()}
-                timeout = await self._seconds_until_next_due(left)
+                # Every queue that took all it had room for may have more waiting: the next
+                # free slot sets _attention. Otherwise, wait no longer than until the next due.
+                if len(claimed) < sum(free.values()):
+                    left = {q: limit - self._busy[q] for q, limit in self._limits.items()}
+                    timeout = await self._seconds_until_next_due(left)
             if timeout is None or timeout > 0:
                 with suppress(TimeoutError):
                     await asyncio.wait_for(self._attention.wait(), timeout)
