@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from operator import itemgetter
 from typing import Any, TypeVar, cast
 
 import orjson
@@ -69,9 +70,10 @@ HOLDER_OF_KEY = (
 # Which queues and priorities have queued jobs, leaving out paused queues: a few rows of
 # job_counts, so that claims seek only where due jobs can be. The writer is this process,
 # so reading `queues` in every claim is what makes a pause hold at once.
+# (NOT EXISTS looks each queue up in `queues`; NOT IN built a list of the paused every time.)
 CLAIMABLE = (
-    "SELECT queue, priority FROM job_counts WHERE status = 'queued' AND n > 0"
-    " AND queue NOT IN (SELECT name FROM queues WHERE paused)"
+    "SELECT queue, priority FROM job_counts AS c WHERE c.status = 'queued' AND c.n > 0"
+    " AND NOT EXISTS (SELECT 1 FROM queues WHERE name = c.queue AND paused)"
 )
 # Within one queue and priority, claim order (claim_at = run_at + priority x aging) is
 # run_at order, so the due jobs are the ones up to now + priority x aging: a range of the
@@ -90,7 +92,7 @@ FIRST_CLAIM_ATS = (
     "SELECT c.queue, c.priority, (SELECT min(claim_at) FROM jobs INDEXED BY ix_jobs_queue_due"
     " WHERE status = 'queued' AND queue = c.queue AND priority = c.priority)"
     " FROM job_counts AS c WHERE c.status = 'queued' AND c.n > 0"
-    " AND c.queue NOT IN (SELECT name FROM queues WHERE paused)"
+    " AND NOT EXISTS (SELECT 1 FROM queues WHERE name = c.queue AND paused)"
 )
 COMPLETE_JOB = (
     "UPDATE jobs SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'done' END,"
@@ -687,18 +689,20 @@ def _claim_jobs(
             if limits.get(slot, 0) > 0:
                 served.setdefault(slot, {}).setdefault(priority, []).append(queue)
         batch: list[Job] = []
+        now_in_db = _to_db(now)
         for slot, by_priority in served.items():
             limit = limits[slot]
-            params: list[Any] = [_to_db(now)]
+            params: list[Any] = [now_in_db]
             for priority, queues in by_priority.items():
-                params += [*queues, priority, _to_db(now + priority * aging), limit]
+                due_by = _to_db(now + priority * aging) if priority else now_in_db
+                params += [*queues, priority, due_by, limit]
             if len(by_priority) > 1:
                 params.append(limit)
             statement = _claim_statement(tuple(len(queues) for queues in by_priority.values()))
             rows = conn.execute(statement, params).fetchall()
             # RETURNING promises no order.
-            rows.sort(key=lambda row: (row[-1], row[ID]))
-            batch += (_job_from_row(row[:-1]) for row in rows)
+            rows.sort(key=itemgetter(-1, ID))
+            batch += [_job_from_row(row[:-1]) for row in rows]
         claimed.append(batch)
     return claimed
 
@@ -829,24 +833,29 @@ def _from_json(text: str | None) -> Any:
     return None if text is None else orjson.loads(text)
 
 
-def _decoder(name: str) -> Callable[[Any], Any]:
-    """How a column's text becomes the Job field's value; pydantic does the rest."""
+def _decoder(name: str) -> Callable[[Any], Any] | None:
+    """How a column's text becomes the Job field's value, None when it is that value already;
+    pydantic does the rest."""
     column_type = JobRow.metadata.tables["jobs"].columns[name].type
     if isinstance(column_type, JSON):
         return _from_json
     if isinstance(column_type, DateTime):
         return _maybe_from_db
-    return lambda value: value
+    return None
 
 
-ROW_DECODERS = tuple((name, _decoder(name)) for name in JOB_COLUMNS)
+# Only the columns that need decoding: the others go to pydantic as SQLite returns them.
+ROW_DECODERS = tuple(
+    (name, decode) for name in JOB_COLUMNS if (decode := _decoder(name)) is not None
+)
 
 
 def _job_from_row(row: Row) -> Job:
     """A row selected as COLUMNS."""
-    return Job.model_validate(
-        {name: decode(value) for (name, decode), value in zip(ROW_DECODERS, row, strict=True)}
-    )
+    fields = dict(zip(JOB_COLUMNS, row, strict=True))
+    for name, decode in ROW_DECODERS:
+        fields[name] = decode(fields[name])
+    return Job.model_validate(fields)
 
 
 def open_engine(database_url: str) -> Engine:
