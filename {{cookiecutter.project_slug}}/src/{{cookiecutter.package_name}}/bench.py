@@ -6,7 +6,8 @@ Measures, on this machine and with this render's job store:
      latency of one client sending one request at a time, and POST /jobs/bulk's jobs/s;
   2. end-to-end throughput of no-op jobs: enqueue N, run them all to completion;
   3. wake-up latency of an idle engine: from the insert of one job to its handler starting;
-  4. GET /jobs?page=N and GET /stats with a large store (--large-store, default 1,000,000);
+  4. GET /jobs?page=N, GET /stats{% if cookiecutter.use_dashboard == "yes" %} and the dashboard's pages{% endif %} with a large store (--large-store,
+     default 1,000,000);
   5. retention: deleting 1,000,000 expired jobs (--prune) while no-op jobs run, and those
      jobs' throughput against a run without deleting.
 Numbers vary with the machine; compare runs made on the same one.
@@ -431,7 +432,7 @@ async def run_sql(database_url: str, statement: str) -> None:
 
 async def bench_large_store(count: int) -> None:
     """Time reads in-process (no network) with `count` jobs scheduled far ahead, so none runs."""
-    app = create_app(Settings())
+    app = create_app(Settings({% if cookiecutter.use_auth == "yes" %}api_keys=(){% endif %}))
     later = SystemClock().now() + timedelta(days=365)
     async with app.router.lifespan_context(app):
         store: JobStore = app.state.store
@@ -466,6 +467,12 @@ async def bench_large_store(count: int) -> None:
             "/jobs?queue=queue-3&task=nothing",
             f"/jobs/{count // 2}",
             "/queues",
+{%- if cookiecutter.use_dashboard == "yes" %}
+            "/dashboard/",
+            "/dashboard/jobs?status=queued&queue=queue-3&task=task-4",
+            f"/dashboard/jobs/{count // 2}",
+            "/dashboard/queues",
+{%- endif %}
         ):
             timings = []
             for _ in range(7):
