@@ -106,15 +106,16 @@ async def job_page(
     request: Request, job_id: int, visitor: VisitorDep, store: StoreDep
 ) -> HTMLResponse:
     job = await jobs_api.get_job(job_id, store)
-    queues = {queue.name: queue for queue in await queues_api.list_queues(store, request)}
-    now = request.app.state.clock.now()
-    return render(request, "job.html", visitor, job=job, why=why_not_running(job, queues, now))
+    why = None
+    if job.status is JobStatus.QUEUED:
+        # Only a queued job needs its queue's state, which costs a count of every queue.
+        queues = {queue.name: queue for queue in await queues_api.list_queues(store, request)}
+        why = why_not_running(job, queues, request.app.state.clock.now())
+    return render(request, "job.html", visitor, job=job, why=why)
 
 
-def why_not_running(job: Job, queues: dict[str, Any], now: datetime) -> str | None:
-    """What keeps a job that is not running from starting, or None if nothing does."""
-    if job.status is not JobStatus.QUEUED:
-        return None
+def why_not_running(job: Job, queues: dict[str, Any], now: datetime) -> str:
+    """What keeps a queued job from starting."""
     if job.run_at > now:
         return f"Scheduled for {job.run_at:%Y-%m-%d %H:%M:%S} UTC."
     queue = queues.get(job.queue)
