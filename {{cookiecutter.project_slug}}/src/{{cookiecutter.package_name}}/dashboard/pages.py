@@ -29,7 +29,7 @@ TEMPLATES.env.globals["service_name"] = TITLE
 # apart from the API's (`retry_job` is both).
 NAME = "dashboard"
 PER_PAGE = 50
-RECENT_FAILURES = 10
+NEWEST_FAILED = 10
 
 router = APIRouter()
 
@@ -53,7 +53,7 @@ def see_other(request: Request, route: str, **path_params: Any) -> RedirectRespo
 
 @router.get("/")
 async def overview(request: Request, visitor: VisitorDep, store: StoreDep) -> HTMLResponse:
-    failures = await store.list_jobs(JobFilter(status=JobStatus.FAILED), RECENT_FAILURES, 0)
+    failures = await store.list_jobs(JobFilter(status=JobStatus.FAILED), NEWEST_FAILED, 0)
     return render(
         request,
         "overview.html",
@@ -152,7 +152,7 @@ async def queue_list(request: Request, visitor: VisitorDep, store: StoreDep) -> 
 async def pause_queue(
     request: Request, name: queues_api.QueueName, _: ActingVisitorDep, store: StoreDep
 ) -> RedirectResponse:
-    await store.pause_queue(name)
+    await queues_api.pause_queue(name, store, request)
     return see_other(request, "queue_list")
 
 
@@ -160,7 +160,7 @@ async def pause_queue(
 async def resume_queue(
     request: Request, name: queues_api.QueueName, _: ActingVisitorDep, store: StoreDep
 ) -> RedirectResponse:
-    await store.resume_queue(name)
+    await queues_api.resume_queue(name, store, request)
     return see_other(request, "queue_list")
 
 
