@@ -8,7 +8,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import pytest
 
 from .baking import JOB_STORES, Bake, resolve_answers
 from .databases import suite_environment
-from .processes import became_healthy, free_port
+from .processes import LOCAL_OPENER, became_healthy, free_port
 from .render_checks import (
     find_auth_mentions,
     find_dashboard_mentions,
@@ -245,7 +244,7 @@ def test_project_name_leaves_no_trace_of_the_default_names(bake: Bake) -> None:
 
 @pytest.mark.slow
 def fetch_status(url: str) -> int:
-    with urllib.request.urlopen(url, timeout=10) as response:
+    with LOCAL_OPENER.open(url, timeout=10) as response:
         status: int = response.status
         return status
 
