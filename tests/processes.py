@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
+
+import pytest
 
 # Straight to localhost, whatever http_proxy says.
 LOCAL_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -60,3 +64,18 @@ class Process:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def required_program(program: str, required_by: str) -> str:
+    """The path of a program a test needs, from Debian's package of that name; without it
+    the test skips and says why, unless `required_by` (REQUIRE_PROMETHEUS, ...) is 1: CI."""
+    found = shutil.which(program)
+    if found is None:
+        reason = (
+            f"{program} not found: install Debian's package (apt-get install {program}), "
+            "which `python3 dev.py test` does when run as root"
+        )
+        if os.environ.get(required_by) == "1":
+            pytest.fail(f"{reason} ({required_by}=1)")
+        pytest.skip(reason)
+    return found

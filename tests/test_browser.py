@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from .baking import Bake, resolve_answers
-from .processes import LOCAL_OPENER, Process, became_healthy, free_port
+from .processes import LOCAL_OPENER, Process, became_healthy, free_port, required_program
 
 ROOT = Path(__file__).resolve().parent.parent
 SCREENSHOTS = ROOT / "build" / "screenshots"
@@ -40,19 +40,6 @@ def until_file(job: Job) -> dict[str, str]:
         raise FileNotFoundError(f"waiting for {job.payload['path']}")
     return {"found": job.payload["path"]}
 '''
-
-
-def chromium_binary() -> str:
-    found = shutil.which("chromium")
-    if found is None:
-        reason = (
-            "chromium not found: install Debian's package (apt-get install chromium), "
-            "which `python3 dev.py test` does when run as root"
-        )
-        if os.environ.get("REQUIRE_CHROMIUM") == "1":
-            pytest.fail(f"{reason} (REQUIRE_CHROMIUM=1)")
-        pytest.skip(reason)
-    return found
 
 
 @dataclass(frozen=True)
@@ -119,7 +106,7 @@ def test_an_operator_signs_in_retries_a_failed_job_and_pauses_a_queue(
 ) -> None:
     from playwright.sync_api import expect, sync_playwright
 
-    browser_binary = chromium_binary()
+    browser_binary = required_program("chromium", "REQUIRE_CHROMIUM")
     awaited = tmp_path / "input.csv"
     for _ in range(3):
         service.call("POST", "/jobs", {"payload": {"task": "sleep", "seconds": 0}})

@@ -273,32 +273,6 @@ METRICS_FILES = {
     "monitoring/prometheus.yml",
     "monitoring/grafana/dashboards/jobs.json",
 }
-
-
-@pytest.mark.parametrize("use_metrics", ["yes", "no"])
-def test_post_gen_hook_removes_every_metrics_file_when_metrics_are_off(
-    use_metrics: str, tmp_path: Path
-) -> None:
-    answers = resolve_answers({"use_metrics": use_metrics})
-    project_dir = tmp_path / "project"
-    files = [
-        project_dir / relative.replace("<package>", answers["package_name"])
-        for relative in METRICS_FILES
-    ]
-    kept = project_dir / "src" / answers["package_name"] / "app.py"
-    for path in [*files, kept]:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("")
-    hook = rendered_hook("post_gen_project", answers, tmp_path / "post_gen_project.py")
-
-    for _ in range(2):
-        subprocess.run([sys.executable, str(hook)], cwd=project_dir, check=True)
-
-    assert [path.exists() for path in files] == [use_metrics == "yes"] * len(files)
-    assert (project_dir / "monitoring").exists() == (use_metrics == "yes")
-    assert kept.exists()
-
-
 # Everything of API-key authentication, relative to the project root.
 AUTH_FILES = {
     "src/<package>/api_keys.py",
@@ -306,31 +280,6 @@ AUTH_FILES = {
     "tests/test_auth.py",
     "src/<package>/dashboard/templates/login.html",
 }
-
-
-@pytest.mark.parametrize("use_auth", ["yes", "no"])
-def test_post_gen_hook_removes_every_auth_file_when_auth_is_off(
-    use_auth: str, tmp_path: Path
-) -> None:
-    answers = resolve_answers({"use_auth": use_auth})
-    project_dir = tmp_path / "project"
-    files = [
-        project_dir / relative.replace("<package>", answers["package_name"])
-        for relative in AUTH_FILES
-    ]
-    kept = project_dir / "src" / answers["package_name"] / "api" / "jobs.py"
-    for path in [*files, kept]:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("")
-    hook = rendered_hook("post_gen_project", answers, tmp_path / "post_gen_project.py")
-
-    for _ in range(2):
-        subprocess.run([sys.executable, str(hook)], cwd=project_dir, check=True)
-
-    assert [path.exists() for path in files] == [use_auth == "yes"] * len(files)
-    assert kept.exists()
-
-
 # Everything of the dashboard, relative to the project root.
 DASHBOARD_FILES = {
     "src/<package>/dashboard/__init__.py",
@@ -341,18 +290,18 @@ DASHBOARD_FILES = {
 }
 
 
-@pytest.mark.parametrize("use_dashboard", ["yes", "no"])
-def test_post_gen_hook_removes_the_whole_dashboard_when_it_is_off(
-    use_dashboard: str, tmp_path: Path
-) -> None:
-    answers = resolve_answers({"use_dashboard": use_dashboard})
+def run_post_gen_hook_over(
+    answer: str, value: str, feature_files: set[str], tmp_path: Path
+) -> tuple[Path, list[Path], Path]:
+    """Make a project holding a feature's files and one file every render keeps, run the
+    post-generation hook twice with `answer=value`; the project, those files, the kept one."""
+    answers = resolve_answers({answer: value})
     project_dir = tmp_path / "project"
-    package_dir = project_dir / "src" / answers["package_name"]
     files = [
         project_dir / relative.replace("<package>", answers["package_name"])
-        for relative in DASHBOARD_FILES
+        for relative in feature_files
     ]
-    kept = package_dir / "api" / "jobs.py"
+    kept = project_dir / "src" / answers["package_name"] / "api" / "jobs.py"
     for path in [*files, kept]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("")
@@ -360,7 +309,41 @@ def test_post_gen_hook_removes_the_whole_dashboard_when_it_is_off(
 
     for _ in range(2):
         subprocess.run([sys.executable, str(hook)], cwd=project_dir, check=True)
+    return project_dir, files, kept
+
+
+@pytest.mark.parametrize("use_metrics", ["yes", "no"])
+def test_post_gen_hook_removes_every_metrics_file_when_metrics_are_off(
+    use_metrics: str, tmp_path: Path
+) -> None:
+    project_dir, files, kept = run_post_gen_hook_over(
+        "use_metrics", use_metrics, METRICS_FILES, tmp_path
+    )
+
+    assert [path.exists() for path in files] == [use_metrics == "yes"] * len(files)
+    assert (project_dir / "monitoring").exists() == (use_metrics == "yes")
+    assert kept.exists()
+
+
+@pytest.mark.parametrize("use_auth", ["yes", "no"])
+def test_post_gen_hook_removes_every_auth_file_when_auth_is_off(
+    use_auth: str, tmp_path: Path
+) -> None:
+    _, files, kept = run_post_gen_hook_over("use_auth", use_auth, AUTH_FILES, tmp_path)
+
+    assert [path.exists() for path in files] == [use_auth == "yes"] * len(files)
+    assert kept.exists()
+
+
+@pytest.mark.parametrize("use_dashboard", ["yes", "no"])
+def test_post_gen_hook_removes_the_whole_dashboard_when_it_is_off(
+    use_dashboard: str, tmp_path: Path
+) -> None:
+    _, files, kept = run_post_gen_hook_over(
+        "use_dashboard", use_dashboard, DASHBOARD_FILES, tmp_path
+    )
 
     assert [path.exists() for path in files] == [use_dashboard == "yes"] * len(files)
-    assert (package_dir / "dashboard").exists() == (use_dashboard == "yes")
+    # kept is <package>/api/jobs.py
+    assert (kept.parents[1] / "dashboard").exists() == (use_dashboard == "yes")
     assert kept.exists()

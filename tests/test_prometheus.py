@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import sys
 import time
 import urllib.parse
@@ -21,25 +20,12 @@ from typing import Any
 import pytest
 
 from .baking import Bake, resolve_answers
-from .processes import LOCAL_OPENER, Process, became_healthy, free_port
+from .processes import LOCAL_OPENER, Process, became_healthy, free_port, required_program
 
 DASHBOARD = Path("monitoring", "grafana", "dashboards", "jobs.json")
 SCRAPE_INTERVAL = "1s"
 # What Grafana would put for $__rate_interval: several scrapes, and all of this test's jobs.
 RATE_INTERVAL = "30s"
-
-
-def prometheus_binary() -> str:
-    found = shutil.which("prometheus")
-    if found is None:
-        reason = (
-            "prometheus not found: install Debian's package (apt-get install prometheus), "
-            "which `python3 dev.py test` does when run as root"
-        )
-        if os.environ.get("REQUIRE_PROMETHEUS") == "1":
-            pytest.fail(f"{reason} (REQUIRE_PROMETHEUS=1)")
-        pytest.skip(reason)
-    return found
 
 
 def get_json(url: str) -> Any:
@@ -93,7 +79,7 @@ def service(bake: Bake, tmp_path: Path) -> Iterator[tuple[Path, str]]:
 @pytest.fixture
 def prometheus(service: tuple[Path, str], tmp_path: Path) -> Iterator[str]:
     """A real Prometheus scraping the service every second: its base URL."""
-    binary = prometheus_binary()
+    binary = required_program("prometheus", "REQUIRE_PROMETHEUS")
     _, target = service
     config = tmp_path / "prometheus.yml"
     # JSON is YAML.

@@ -4,7 +4,6 @@ import logging
 import re
 import subprocess
 import sys
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from {{ cookiecutter.package_name }}.api_keys import ApiKey, Role, parse_api_key
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.settings import Settings, SettingsError, load_settings
 
-from .conftest import SettingsFactory, serve
+from .conftest import SettingsFactory
 
 ADMIN_SECRET = "admin-secret-0123456789abcdef"
 READER_SECRET = "reader-secret-0123456789abcdef"
@@ -32,12 +31,6 @@ SCHEME_DESCRIPTION = "A secret of API_KEYS, sent as `Authorization: Bearer <secr
 @pytest.fixture
 def settings(make_settings: SettingsFactory) -> Settings:
     return make_settings(api_keys=API_KEYS)
-
-
-@pytest.fixture
-async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    async with serve(app) as client:
-        yield client
 
 
 def operations(app: FastAPI) -> list[tuple[str, str]]:
