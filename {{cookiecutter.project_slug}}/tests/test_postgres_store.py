@@ -254,7 +254,7 @@ async def test_a_database_of_the_previous_release_upgrades_keeping_every_job_and
 
 
 # The tables jobs/model.py declares (job_counts is the migrations' own).
-TABLES = "'jobs', 'queues', 'schedules', 'schedule_ticks', 'instances'"
+TABLES = "'jobs', 'queues', 'schedules', 'schedule_ticks', 'instances', 'job_outcomes'"
 
 
 async def test_the_schema_after_upgrade_is_what_the_model_declares(
@@ -320,6 +320,7 @@ async def test_the_migrations_land_in_the_schema_the_url_names(
             "alembic_version",
             "instances",
             "job_counts",
+            "job_outcomes",
             "jobs",
             "queues",
             "schedule_ticks",
@@ -327,7 +328,7 @@ async def test_the_migrations_land_in_the_schema_the_url_names(
         ]
     ]
     versions = await sql(settings, "SELECT array_agg(version_num) FROM alembic_version")
-    assert set(versions[0]) == migrations.head_revisions() == {"0005"}
+    assert set(versions[0]) == migrations.head_revisions() == {"0006"}
 
 
 async def test_finished_jobs_from_before_the_counts_table_are_counted_once_it_is_made(

@@ -277,7 +277,7 @@ async def test_the_database_records_the_newest_revision(
     finally:
         conn.close()
     assert versions == [(sqlite_migrations.head(),)]
-    assert sqlite_migrations.head() == "0003"
+    assert sqlite_migrations.head() == "0004"
 
 
 def schema_version(path: Path) -> int:
@@ -325,7 +325,7 @@ async def test_stores_opening_a_new_file_at_once_migrate_it_once(
     upgrades = [r.getMessage() for r in caplog.records if "Running upgrade" in r.getMessage()]
     # Each revision once: the stores that waited found the file migrated.
     steps = [message.split(",")[0].removeprefix("Running upgrade ") for message in upgrades]
-    assert steps == [" -> 0001", "0001 -> 0002", "0002 -> 0003"]
+    assert steps == [" -> 0001", "0001 -> 0002", "0002 -> 0003", "0003 -> 0004"]
 
 
 # --- What a restart keeps, and what only SQLite has to get right.

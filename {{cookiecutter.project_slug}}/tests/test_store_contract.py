@@ -1,7 +1,7 @@
 """The contract every job store must keep, written once against the `store` fixture."""
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -10,7 +10,14 @@ import asyncpg
 
 {% endif -%}
 from {{ cookiecutter.package_name }}.jobs.model import DEFAULT_QUEUE, Job, {% if cookiecutter.job_store != "memory" %}JobRow, {% endif %}JobStatus
-from {{ cookiecutter.package_name }}.jobs.store import JobConflict, JobFilter, JobStore, NewJob
+from {{ cookiecutter.package_name }}.jobs.store import (
+    JobConflict,
+    JobFilter,
+    JobStore,
+    MinuteOutcomes,
+    NewJob,
+)
+from {{ cookiecutter.package_name }}.jobs.store.base import OUTCOMES_KEPT, minute_of
 {%- if cookiecutter.job_store == "sqlite" %}
 from {{ cookiecutter.package_name }}.jobs.store.sqlite import LOST_WORKER_STOPPED
 {%- elif cookiecutter.job_store == "postgres" %}
@@ -723,6 +730,176 @@ async def test_retrying_is_refused_while_another_job_holds_its_unique_key(
     else:
         raise AssertionError("two queued jobs hold one unique key")
     assert (await stored(store, first)).status is CANCELLED
+
+
+async def cancel_all(store: JobStore, where: JobFilter, inserted_by: datetime) -> list[int]:
+    """Bulk-cancel in rounds of 2 until a round finds none; the ids changed, in order."""
+    changed: list[int] = []
+    while found := await store.cancel_jobs(where, inserted_by, 2):
+        assert len(found) <= 2
+        changed += ids(found)
+    return changed
+
+
+async def test_a_bulk_cancel_ends_the_queued_jobs_it_selects_and_asks_the_running_ones(
+    store: JobStore, clock: ManualClock
+) -> None:
+    asked: list[int] = []
+    store.subscribe_cancellations(asked.append)
+    emails = [await add(store, new_job(n, queue="emails")) for n in range(4)]
+    other = await add(store, new_job(9, queue="reports"))
+    running = await store.fetch_jobs({"emails": 1})
+    clock.advance(1)
+
+    changed = await cancel_all(store, JobFilter(queue="emails"), clock.now())
+
+    assert sorted(changed) == ids(emails)
+    for job in emails[1:]:
+        found = await stored(store, job)
+        assert (found.status, found.finished_at) == (CANCELLED, clock.now())
+    stopping = await stored(store, running[0])
+    assert (stopping.status, stopping.cancel_requested) == (RUNNING, True)
+    assert await wait_for_value(lambda: asked, ids(running))
+    assert (await stored(store, other)).status is QUEUED
+    assert await counts(store) == {"queued": 1, "running": 1, "cancelled": 3}
+    # Nothing is left for it to change: the running job was asked once.
+    assert await store.cancel_jobs(JobFilter(queue="emails"), clock.now(), 10) == []
+
+
+async def test_a_bulk_cancel_leaves_jobs_inserted_after_its_moment_and_other_statuses(
+    store: JobStore, clock: ManualClock
+) -> None:
+    first = await add(store, new_job(0, task="send"))
+    asked_at = clock.now()
+    clock.advance(1)
+    later = await add(store, new_job(1, task="send"))
+    other_task = await add(store, new_job(2, task="render"))
+
+    assert await cancel_all(store, JobFilter(task="send"), asked_at) == [first.id]
+    assert await cancel_all(store, JobFilter(status=DONE), clock.now()) == []
+    assert (await stored(store, later)).status is QUEUED
+    assert (await stored(store, other_task)).status is QUEUED
+
+
+async def fail(store: JobStore, count: int, **fields: Any) -> list[Job]:
+    """Jobs that ran once and failed for good, one after the other."""
+    failed = []
+    for n in range(count):
+        failed.append(await add(store, new_job(n, max_attempts=1, **fields)))
+        (running,) = await store.fetch_jobs(limit(1))
+        await store.error_job(running, "boom", None)
+    return failed
+
+
+async def retry_all(store: JobStore, where: JobFilter, finished_by: datetime) -> list[int]:
+    """Bulk-retry in rounds of 2 until a round finds none; the ids changed, sorted."""
+    changed: list[int] = []
+    while found := await store.retry_jobs(where, finished_by, 2):
+        assert len(found) <= 2
+        changed += ids(found)
+    return sorted(changed)
+
+
+async def test_a_bulk_retry_queues_the_failed_and_cancelled_jobs_it_selects_once(
+    store: JobStore, clock: ManualClock
+) -> None:
+    woken: list[bool] = []
+    store.subscribe(lambda: woken.append(True))
+    failed = await fail(store, 3)
+    cancelled = await add(store, new_job(7))
+    await store.cancel_job(cancelled.id)
+    done = await add(store, new_job(8))
+    await store.complete_job((await store.fetch_jobs(limit(1)))[0], None)
+    clock.advance(60)
+    finished_by = clock.now()
+    woken.clear()
+
+    # A job that fails again while the retry goes on is not picked up again.
+    (first,) = await store.retry_jobs(ANY, finished_by, 1)
+    (rerun,) = await store.fetch_jobs(limit(1))
+    assert rerun.id == first.id
+    clock.advance(1)
+    await store.error_job(rerun, "again", None)
+    rest = await retry_all(store, ANY, finished_by)
+
+    assert sorted([first.id, *rest]) == ids([*failed, cancelled])
+    for job in [*failed, cancelled]:
+        if job.id == first.id:
+            continue
+        found = await stored(store, job)
+        assert (found.status, found.run_at, found.finished_at) == (QUEUED, clock.now(), None)
+    again = await stored(store, failed[0] if first.id == failed[0].id else first)
+    assert (again.status, again.errors) == (FAILED, ["boom", "again"])
+    assert (await stored(store, done)).status is DONE
+    assert woken
+    assert await counts(store) == {"queued": 3, "failed": 1, "done": 1}
+
+
+async def test_a_bulk_retry_leaves_out_a_job_whose_unique_key_is_held(
+    store: JobStore, clock: ManualClock
+) -> None:
+    first, second = await fail(store, 2, unique_key="k")
+    held = (await fail(store, 1, unique_key="h"))[0]
+    holder = await add(store, new_job(5, unique_key="h"))
+
+    retried = await retry_all(store, JobFilter(status=FAILED), clock.now())
+
+    # Of the two jobs with key k, one is queued again; the other would be a second holder.
+    assert len(retried) == 1 and retried[0] in (first.id, second.id)
+    assert (await stored(store, held)).status is FAILED
+    assert (await stored(store, holder)).status is QUEUED
+    assert await counts(store) == {"queued": 2, "failed": 2}
+
+
+async def test_count_jobs_ahead_counts_the_due_jobs_of_its_queue_claimed_before_it(
+    store: JobStore, clock: ManualClock
+) -> None:
+    await add(store, new_job(0, priority=9))
+    clock.advance(1)
+    urgent = [await add(store, new_job(n, priority=0)) for n in range(1, 4)]
+    job = await add(store, new_job(4, priority=2))
+    await add(store, new_job(5, priority=0, run_at=clock.now() + timedelta(hours=1)))
+    await add(store, new_job(6, priority=0, queue="emails"))
+    behind = await add(store, new_job(7, priority=2))
+
+    assert await store.count_jobs_ahead(job, 100) == len(urgent)
+    assert await store.count_jobs_ahead(job, 2) == 2
+    assert await store.count_jobs_ahead(urgent[0], 100) == 0
+    assert await store.count_jobs_ahead(behind, 100) == len(urgent) + 1
+    await store.fetch_jobs(limit(2))
+    assert await store.count_jobs_ahead(job, 100) == len(urgent) - 2
+
+
+async def test_recent_outcomes_counts_the_attempts_that_ended_per_minute(
+    store: JobStore, clock: ManualClock
+) -> None:
+    await insert(store, 5)
+    start = clock.now()
+    completed, retried, failed, *later = await store.fetch_jobs(limit(5))
+    await store.complete_job(completed, None)
+    await store.error_job(retried, "boom", clock.now() + timedelta(seconds=5))
+    await store.error_job(failed, "boom", None)
+    clock.advance(60)
+    for job in later:
+        await store.complete_job(job, None)
+    minutes = [minute_of(start), minute_of(clock.now())]
+
+    expected = [MinuteOutcomes(minutes[0], 1, 2), MinuteOutcomes(minutes[1], 2, 0)]
+    assert await wait_for_value_async(lambda: store.recent_outcomes(start), expected)
+    assert await store.recent_outcomes(clock.now()) == expected[1:]
+    clock.advance(OUTCOMES_KEPT.total_seconds() + 60)
+    assert await store.recent_outcomes(start) == []
+
+
+async def wait_for_value_async(
+    read: Callable[[], Awaitable[Any]], expected: Any, timeout: float = 5.0
+) -> bool:
+    """Some stores write what they counted every second or so: give them time."""
+    for _ in range(int(timeout / 0.05)):
+        if await read() == expected:
+            return True
+        await asyncio.sleep(0.05)
+    return bool(await read() == expected)
 
 
 async def test_list_jobs_filters_by_queue_and_task_and_with_status(store: JobStore) -> None:

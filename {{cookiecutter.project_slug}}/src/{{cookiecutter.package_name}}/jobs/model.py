@@ -430,6 +430,21 @@ class ScheduleTickRow(SQLModel, table=True):
 {%- endif %}
 
 
+class JobOutcomeRow(SQLModel, table=True):
+    """How many attempts ended one way in one minute{% if cookiecutter.job_store == "postgres" %}, as one instance counted them:
+    each instance adds to rows of its own, so none waits for another's lock{% endif %}. Kept for
+    an hour, for the dashboard's chart (see jobs/store/outcomes.py)."""
+
+    __tablename__ = "job_outcomes"
+
+    minute: datetime = ColumnField(primary_key=True, sa_type=MOMENT)
+    outcome: str = ColumnField(primary_key=True, sa_type=String(16))
+{%- if cookiecutter.job_store == "postgres" %}
+    instance: str = ColumnField(primary_key=True)
+{%- endif %}
+    n: int
+
+
 # The columns that make a Job, in the order stores select them.
 JOB_COLUMNS = tuple(Job.model_fields)
 {%- endif %}

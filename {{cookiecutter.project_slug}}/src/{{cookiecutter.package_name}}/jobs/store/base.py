@@ -63,6 +63,23 @@ class ScheduleState:
     last_job_id: int | None
 
 
+@dataclass(frozen=True, slots=True)
+class MinuteOutcomes:
+    """The attempts that ended in one minute, on every instance."""
+
+    minute: datetime  # its start, UTC
+    completed: int  # the handler returned
+    failed: int  # the handler raised or timed out, or its worker was lost
+
+
+# How far back recent_outcomes can look: the dashboard's chart shows the last hour.
+OUTCOMES_KEPT = timedelta(hours=1, minutes=1)
+
+
+def minute_of(moment: datetime) -> datetime:
+    return moment.replace(second=0, microsecond=0)
+
+
 # A tick stays recorded this long after a later one, so that an instance whose clock lags
 # behind by less than this finds it taken instead of enqueuing it again.
 TICKS_KEPT = timedelta(hours=1)
@@ -128,6 +145,22 @@ class JobStore(Protocol):
         when they are spent. None if there is no such job; JobConflict if it is in another
         status, or if a queued or running job holds its unique_key."""
 
+    async def cancel_jobs(self, where: JobFilter, inserted_by: datetime, limit: int) -> list[Job]:
+        """Cancel, as cancel_job does each, up to `limit` of the queued jobs and the running
+        ones not yet asked to stop that `where` matches and that were inserted by
+        `inserted_by`; return them as they are now. Called until it returns none: every
+        job it returns has left what it selects."""
+
+    async def retry_jobs(self, where: JobFilter, finished_by: datetime, limit: int) -> list[Job]:
+        """Retry, as retry_job does each, up to `limit` of the failed and cancelled jobs that
+        `where` matches and that finished by `finished_by`, leaving out any whose unique_key
+        a queued or running job holds; return them as they are now. Called until it returns
+        none: a retried job that ends again later is not selected again."""
+
+    async def count_jobs_ahead(self, job: Job, limit: int) -> int:
+        """How many due jobs of `job`'s queue come before it in claim order (see
+        fetch_jobs), counting up to `limit`."""
+
     async def next_run_at(self, limits: Mapping[str, int]) -> datetime | None:
         """The earliest run_at among queued jobs that `fetch_jobs(limits)` could claim once
         due (queues with a limit above 0, not paused), or None when there are none."""
@@ -147,6 +180,12 @@ class JobStore(Protocol):
 
     async def count_jobs(self) -> dict[JobStatus, int]:
         """How many jobs there are in each status."""
+
+    async def recent_outcomes(self, since: datetime) -> list[MinuteOutcomes]:
+        """The attempts that ended per minute, from the minute `since` falls in (at most
+        OUTCOMES_KEPT ago), oldest first; minutes when none ended are left out. Each
+        instance writes what it counted every second or so, so the last seconds may be
+        missing, and a crash loses them."""
 
     async def list_queues(self) -> list[QueueCounts]:
         """Every queue that has jobs or was ever paused or resumed, by name."""

@@ -9,7 +9,17 @@ from typing import Any
 
 from ..clock import Clock
 from ..model import DEFAULT_QUEUE, FINISHED, UNIQUE_WHILE, Job, JobStatus, NewJob
-from .base import TICKS_KEPT, Enqueued, JobConflict, JobFilter, QueueCounts, ScheduleState
+from .base import (
+    OUTCOMES_KEPT,
+    TICKS_KEPT,
+    Enqueued,
+    JobConflict,
+    JobFilter,
+    MinuteOutcomes,
+    QueueCounts,
+    ScheduleState,
+)
+from .outcomes import COMPLETED, FAILED, OutcomeTally
 
 # A status set this large a share of all jobs is walked newest first rather than sorted.
 DENSE_SHARE = 8
@@ -46,6 +56,7 @@ class MemoryJobStore:
         self._ticks: dict[str, dict[datetime, int]] = defaultdict(dict)
         self._listeners: list[Callable[[], None]] = []
         self._cancel_listeners: list[Callable[[int], None]] = []
+        self._outcomes = OutcomeTally()
         self._last_inserted_at = datetime.min.replace(tzinfo=UTC)
         # Ids are never given twice, even once their jobs are deleted.
         self._last_id = 0
@@ -115,10 +126,12 @@ class MemoryJobStore:
         stored = self._running(job)
         stored.result = result
         self._finish(stored, JobStatus.CANCELLED if stored.cancel_requested else JobStatus.DONE)
+        self._outcomes.add(self._clock.now(), COMPLETED)
 
     async def error_job(self, job: Job, error: str, retry_at: datetime | None) -> None:
         stored = self._running(job)
         stored.errors = [*stored.errors, error]
+        self._outcomes.add(self._clock.now(), FAILED)
         if stored.cancel_requested:
             self._finish(stored, JobStatus.CANCELLED)
         elif retry_at is None:
@@ -150,13 +163,26 @@ class MemoryJobStore:
             return None
         if job.status in FINISHED:
             raise JobConflict(f"Job {job_id} is {job.status}")
+        self._cancel(job)
+        return job.model_copy()
+
+    def _cancel(self, job: Job) -> None:
+        """Cancel a queued job, or ask a running one to stop."""
         if job.status is JobStatus.QUEUED:
             self._finish(job, JobStatus.CANCELLED)
         elif not job.cancel_requested:
             job.cancel_requested = True
             for on_cancel in self._cancel_listeners:
-                on_cancel(job_id)
-        return job.model_copy()
+                on_cancel(job.id)
+
+    async def cancel_jobs(self, where: JobFilter, inserted_by: datetime, limit: int) -> list[Job]:
+        def cancellable(job: Job) -> bool:
+            return job.inserted_at <= inserted_by and not job.cancel_requested
+
+        chosen = self._select(where, [JobStatus.QUEUED, JobStatus.RUNNING], limit, cancellable)
+        for job in chosen:
+            self._cancel(job)
+        return [job.model_copy() for job in chosen]
 
     async def cancel_requested_among(self, job_ids: Sequence[int]) -> list[int]:
         return [
@@ -177,14 +203,70 @@ class MemoryJobStore:
             raise JobConflict(
                 f"Job {job_id} has unique_key {job.unique_key!r}, which job {holder} holds"
             )
+        self._retry(job)
+        self._wake()
+        return job.model_copy()
+
+    def _retry(self, job: Job) -> None:
         self._move(job, JobStatus.QUEUED)
         job.run_at = self._clock.now()
         job.finished_at = None
         job.cancel_requested = False
         job.max_attempts = max(job.max_attempts, job.attempt + 1)
         self._enqueue(job)
-        self._wake()
-        return job.model_copy()
+
+    async def retry_jobs(self, where: JobFilter, finished_by: datetime, limit: int) -> list[Job]:
+        def retryable(job: Job) -> bool:
+            key_held = job.unique_key is not None and job.unique_key in self._unique
+            finished_at = job.finished_at
+            return not key_held and finished_at is not None and finished_at <= finished_by
+
+        chosen = []
+        for job in self._select(where, [JobStatus.FAILED, JobStatus.CANCELLED], limit, retryable):
+            # An earlier job of this round may have taken the same unique_key.
+            if retryable(job):
+                self._retry(job)
+                chosen.append(job.model_copy())
+        if chosen:
+            self._wake()
+        return chosen
+
+    def _select(
+        self,
+        where: JobFilter,
+        statuses: list[JobStatus],
+        limit: int,
+        chosen: Callable[[Job], bool],
+    ) -> list[Job]:
+        """Up to `limit` jobs in `statuses` that `where` matches and `chosen` accepts, the
+        longest in their status first: the jobs a bulk action changed have left it, so the
+        next round starts where this one stopped."""
+        selected: list[Job] = []
+        for status in statuses:
+            if where.status not in (None, status):
+                continue
+            for job_id in self._by_status[status]:
+                job = self._jobs[job_id]
+                if self._matches(job, where) and chosen(job):
+                    selected.append(job)
+                    if len(selected) == limit:
+                        return selected
+        return selected
+
+    async def count_jobs_ahead(self, job: Job, limit: int) -> int:
+        # The ready heap is not sorted, but every entry ahead of the job's has its parent
+        # ahead too: a walk from the top that stops at entries behind it sees only those.
+        heap = self._ready_heap(job.queue, self._clock.now())
+        place = (self._claim_at(job), job.id)
+        ahead, unvisited = 0, [0]
+        while unvisited and ahead < limit:
+            index = unvisited.pop()
+            if index >= len(heap) or heap[index][:2] >= place:
+                continue
+            _, job_id, run_at = heap[index]
+            ahead += self._is_current(job_id, run_at)
+            unvisited += (2 * index + 1, 2 * index + 2)
+        return ahead
 
     async def next_run_at(self, limits: Mapping[str, int]) -> datetime | None:
         now = self._clock.now()
@@ -239,6 +321,11 @@ class MemoryJobStore:
                 if len(page) == limit:
                     break
         return page
+
+    async def recent_outcomes(self, since: datetime) -> list[MinuteOutcomes]:
+        kept_from = self._clock.now() - OUTCOMES_KEPT
+        self._outcomes.forget_before(kept_from)
+        return self._outcomes.since(max(since, kept_from))
 
     async def count_jobs(self) -> dict[JobStatus, int]:
         return {status: len(ids) for status, ids in self._by_status.items()}

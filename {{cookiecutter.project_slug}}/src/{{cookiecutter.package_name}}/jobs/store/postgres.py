@@ -45,15 +45,19 @@ from ..codec import dumps
 from ..model import DEFAULT_QUEUE, FINISHED, JOB_COLUMNS, MAX_PRIORITY, TASK, Job, JobStatus, NewJob
 from . import postgres_migrations
 from .base import (
+    OUTCOMES_KEPT,
     TICKS_KEPT,
     Enqueued,
     JobConflict,
     JobFilter,
+    MinuteOutcomes,
     QueueCounts,
     ScheduleState,
     StoreUnavailable,
+    minute_of,
 )
 from .group_commit import Group, GroupCommitter
+from .outcomes import COMPLETED, FAILED, WRITE_INTERVAL, OutcomeTally, by_minute
 from .postgres_migrations import SCHEMA_LOCK
 
 __all__ = ["RETENTION_LOCK", "SCHEMA_LOCK", "PostgresJobStore"]
@@ -369,6 +373,61 @@ LIST_QUEUES = (
     " coalesce(queues.paused, false) FROM counted FULL JOIN queues ON queues.name = counted.queue"
 )
 SCHEMA_VERSIONS = "SELECT version_num FROM alembic_version"
+# A bulk action's round ({where}: the listing's filters, from ${first} on). Rows locked now
+# are skipped: their outcome is being stored, and a later round, or nobody, has them.
+CANCEL_QUEUED_JOBS = (
+    "WITH doomed AS (SELECT id FROM jobs WHERE status = 'queued' AND inserted_at <= $1 {where}"
+    " LIMIT $2 FOR UPDATE SKIP LOCKED),"
+    " changed AS (UPDATE jobs SET status = 'cancelled', finished_at = $3 FROM doomed"
+    f" WHERE jobs.id = doomed.id RETURNING {JOBS_COLUMNS}),"
+    " counted AS (INSERT INTO job_counts (queue, status, n)"
+    " SELECT queue, 'cancelled', count(*) FROM changed GROUP BY queue)"
+    f" SELECT {COLUMNS} FROM changed"
+)
+ASK_TO_CANCEL_JOBS = (
+    "WITH asked AS (SELECT id FROM jobs WHERE status = 'running' AND NOT cancel_requested"
+    " AND inserted_at <= $1 {where} LIMIT $2 FOR UPDATE SKIP LOCKED),"
+    " changed AS (UPDATE jobs SET cancel_requested = true FROM asked WHERE jobs.id = asked.id"
+    f" RETURNING {JOBS_COLUMNS})"
+    f" SELECT {COLUMNS}, CASE WHEN $3 THEN pg_notify('{CANCEL_CHANNEL}',"
+    " current_schema() || '.' || id) END FROM changed"
+)
+# Of the jobs selected that share a unique_key, one is retried: two would both hold it.
+RETRY_JOBS = (
+    "WITH candidates AS (SELECT id, unique_key, status FROM jobs WHERE status = ANY($1::text[])"
+    " AND finished_at <= $2 AND (unique_key IS NULL OR NOT EXISTS (SELECT FROM jobs AS holder"
+    f" WHERE holder.unique_key = jobs.unique_key AND holder.{HOLDING_KEY}))"
+    " {where}"
+    " LIMIT $3 FOR UPDATE SKIP LOCKED),"
+    " chosen AS (SELECT DISTINCT ON (coalesce(unique_key, id::text)) id, status AS left_status"
+    " FROM candidates ORDER BY coalesce(unique_key, id::text), id),"
+    " changed AS (UPDATE jobs SET status = 'queued', run_at = $4::timestamptz,"
+    " claim_at = $4::timestamptz + priority * $5::interval, finished_at = NULL,"
+    " cancel_requested = false, max_attempts = greatest(max_attempts, attempt + 1)"
+    f" FROM chosen WHERE jobs.id = chosen.id RETURNING chosen.left_status, {JOBS_COLUMNS}),"
+    " counted AS (INSERT INTO job_counts (queue, status, n)"
+    " SELECT queue, left_status, -count(*) FROM changed GROUP BY queue, left_status)"
+    f" SELECT {COLUMNS}, CASE WHEN $6 THEN pg_notify('{NOTIFY_CHANNEL}', '') END FROM changed"
+)
+BULK_FILTERS = {"queue": "queue", "task": TASK}
+# The due jobs of a queue ahead of a job, through the claims' index: its entries before the
+# job's place, the ones not due yet skipped on the way.
+COUNT_AHEAD = (
+    "SELECT count(*) FROM (SELECT FROM jobs WHERE status = 'queued' AND queue = $1"
+    " AND (claim_at, id) < ($2, $3) AND run_at <= $4 LIMIT $5) AS ahead"
+)
+# Each instance adds to rows of its own, so none waits for another's row lock.
+RECORD_OUTCOMES = (
+    "WITH forgotten AS (DELETE FROM job_outcomes WHERE minute < $5)"
+    " INSERT INTO job_outcomes (minute, outcome, instance, n)"
+    " SELECT minute, outcome, $4, n FROM unnest($1::timestamptz[], $2::text[], $3::int[])"
+    " AS counted(minute, outcome, n) ON CONFLICT (minute, outcome, instance)"
+    " DO UPDATE SET n = job_outcomes.n + excluded.n"
+)
+RECENT_OUTCOMES = (
+    "SELECT minute, outcome, sum(n)::int FROM job_outcomes WHERE minute >= $1"
+    " GROUP BY minute, outcome"
+)
 
 
 class PostgresJobStore:
@@ -418,6 +477,8 @@ class PostgresJobStore:
         self._closing = False
         self._held: set[int] = set()
         self._lease_keeper: asyncio.Task[None] | None = None
+        self._outcomes = OutcomeTally()
+        self._outcome_writer: asyncio.Task[None] | None = None
 
     async def open(self) -> None:
         self._pool = await self._connect()
@@ -427,6 +488,7 @@ class PostgresJobStore:
             await self._hold_instance_lock()
             self._instance_watcher = asyncio.create_task(self._watch_instances())
         self._lease_keeper = asyncio.create_task(self._keep_leases())
+        self._outcome_writer = asyncio.create_task(self._write_outcomes_periodically())
 
     async def close(self) -> None:
         self._closing = True
@@ -434,13 +496,20 @@ class PostgresJobStore:
             self._relisten.cancel()
             with suppress(asyncio.CancelledError):
                 await self._relisten
-        for task in (self._lease_keeper, self._instance_watcher, self._relock):
+        for task in (
+            self._lease_keeper,
+            self._instance_watcher,
+            self._relock,
+            self._outcome_writer,
+        ):
             if task is not None:
                 task.cancel()
                 with suppress(asyncio.CancelledError):
                     await task
         await self._inserts.drain()
         await self._writer.drain()
+        with suppress(StoreUnavailable):
+            await self._write_outcomes()
         # The pool's close waits for every connection to come back.
         await self._insert_connection.release()
         await self._writer_connection.release()
@@ -483,14 +552,18 @@ class PostgresJobStore:
         return claimed
 
     async def complete_job(self, job: Job, result: Any) -> None:
-        change = (job.id, self._instance, result, self._clock.now())
+        now = self._clock.now()
+        self._outcomes.add(now, COMPLETED)
+        change = (job.id, self._instance, result, now)
         with self._letting_go(job):
             await self._writer.write(self._complete_jobs, change)
 
     async def error_job(self, job: Job, error: str, retry_at: datetime | None) -> None:
         claim_at = None if retry_at is None else retry_at + job.priority * self._aging
         errors = [*job.errors, error]
-        change = (job.id, self._instance, errors, retry_at, claim_at, self._clock.now())
+        now = self._clock.now()
+        self._outcomes.add(now, FAILED)
+        change = (job.id, self._instance, errors, retry_at, claim_at, now)
         with self._letting_go(job):
             await self._writer.write(self._fail_attempts, change)
 
@@ -521,6 +594,7 @@ class PostgresJobStore:
             if rescued and self._notify:
                 await conn.execute("SELECT pg_notify($1, '')", NOTIFY_CHANNEL)
         if rescued:
+            self._outcomes.add(self._clock.now(), FAILED, rescued)
             self._wake_local_workers()
         return rescued
 
@@ -594,6 +668,64 @@ class PostgresJobStore:
             f"Job {job_id} has unique_key {job.unique_key!r}, which job {holder} holds"
         )
 
+    async def cancel_jobs(self, where: JobFilter, inserted_by: datetime, limit: int) -> list[Job]:
+        changed: list[Job] = []
+        now = self._clock.now()
+        if where.status in (None, JobStatus.QUEUED):
+            filters, args = _bulk_filters(where, first=4)
+            rows = await self._fetch(
+                CANCEL_QUEUED_JOBS.format(where=filters), inserted_by, limit, now, *args
+            )
+            changed += map(_job_from_row, rows)
+        if where.status in (None, JobStatus.RUNNING) and len(changed) < limit:
+            filters, args = _bulk_filters(where, first=4)
+            statement = ASK_TO_CANCEL_JOBS.format(where=filters)
+            rows = await self._fetch(
+                statement, inserted_by, limit - len(changed), self._notify, *args
+            )
+            asked = [_job_from_row(row) for row in rows]
+            if not self._notify:
+                # With NOTIFY, this instance hears it as every other does.
+                for job in asked:
+                    self._tell_cancel(job.id)
+            changed += asked
+        return changed
+
+    async def retry_jobs(self, where: JobFilter, finished_by: datetime, limit: int) -> list[Job]:
+        statuses = [
+            status.value
+            for status in (JobStatus.FAILED, JobStatus.CANCELLED)
+            if where.status in (None, status)
+        ]
+        if not statuses:
+            return []
+        filters, args = _bulk_filters(where, first=7)
+        statement = RETRY_JOBS.format(where=filters)
+        while True:
+            try:
+                rows = await self._fetch(
+                    statement,
+                    statuses,
+                    finished_by,
+                    limit,
+                    self._clock.now(),
+                    self._aging,
+                    self._notify,
+                    *args,
+                )
+            except asyncpg.UniqueViolationError:
+                # A job with one of their keys was inserted meanwhile: select again, without.
+                continue
+            if rows:
+                self._wake_local_workers()
+            return [_job_from_row(row) for row in rows]
+
+    async def count_jobs_ahead(self, job: Job, limit: int) -> int:
+        claim_at = job.run_at + job.priority * self._aging
+        rows = await self._fetch(COUNT_AHEAD, job.queue, claim_at, job.id, self._clock.now(), limit)
+        ahead: int = rows[0][0]
+        return ahead
+
     async def next_run_at(self, limits: Mapping[str, int]) -> datetime | None:
         named = [queue for queue in limits if queue != DEFAULT_QUEUE]
         served = [queue for queue in named if limits[queue] > 0]
@@ -631,6 +763,10 @@ class PostgresJobStore:
             await conn.execute(CUSTOM_PLANS)
             rows = await conn.fetch(LIST_JOBS + where_sql + NEWEST_FIRST, limit, offset, *args)
         return [_job_from_row(row) for row in rows]
+
+    async def recent_outcomes(self, since: datetime) -> list[MinuteOutcomes]:
+        start = minute_of(max(since, self._clock.now() - OUTCOMES_KEPT))
+        return by_minute(tuple(row) for row in await self._fetch(RECENT_OUTCOMES, start))
 
     async def count_jobs(self) -> dict[JobStatus, int]:
         counts = dict.fromkeys(JobStatus, 0)
@@ -805,6 +941,34 @@ class PostgresJobStore:
             except StoreUnavailable as exc:
                 logger.error("Could not renew job leases: %s", exc)
 
+    async def _write_outcomes_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(WRITE_INTERVAL)
+            try:
+                await self._write_outcomes()
+            except StoreUnavailable as exc:
+                logger.warning("Could not write the outcomes counted, will retry: %s", exc)
+
+    async def _write_outcomes(self) -> None:
+        """Add the outcomes counted since the last time to job_outcomes; forget old ones."""
+        counted = self._outcomes.take()
+        if not counted:
+            return
+        minutes, outcomes, counts = zip(*counted, strict=True)
+        forget_before = self._clock.now() - OUTCOMES_KEPT
+        try:
+            await self._execute(
+                RECORD_OUTCOMES,
+                list(minutes),
+                list(outcomes),
+                list(counts),
+                self._instance,
+                forget_before,
+            )
+        except StoreUnavailable:
+            self._outcomes.put_back(counted)
+            raise
+
     async def _watch_instances(self) -> None:
         """Rescue the running jobs of instances that died, as soon as their lock is free."""
         while True:
@@ -970,6 +1134,19 @@ def _insert_row(new_job: NewJob, now: datetime) -> dict[str, Any]:
     if isinstance(task, str) and "\x00" not in task:
         row["task"] = task
     return row
+
+
+def _bulk_filters(where: JobFilter, first: int) -> tuple[str, list[str]]:
+    """The conditions a bulk action's statement adds for `where`'s queue and task, with
+    their parameters numbered from `first`."""
+    conditions: list[str] = []
+    args: list[str] = []
+    for name, column in BULK_FILTERS.items():
+        value = getattr(where, name)
+        if value is not None:
+            conditions.append(f" AND {column} = ${first + len(args)}")
+            args.append(value)
+    return "".join(conditions), args
 
 
 def _claims(limits: Mapping[str, int]) -> Iterator[tuple[str, str | list[str], int]]:

@@ -11,6 +11,7 @@ was most of the cost of a job.
 """
 
 import asyncio
+import dataclasses
 import fcntl
 import logging
 import os
@@ -32,21 +33,26 @@ from ..codec import dumps
 from ..model import DEFAULT_QUEUE, FINISHED, JOB_COLUMNS, TASK, Job, JobRow, JobStatus, NewJob
 from . import sqlite_migrations
 from .base import (
+    OUTCOMES_KEPT,
     TICKS_KEPT,
     Enqueued,
     JobConflict,
     JobFilter,
+    MinuteOutcomes,
     QueueCounts,
     ScheduleState,
     StoreUnavailable,
+    minute_of,
 )
 from .group_commit import Group, GroupCommitter
+from .outcomes import COMPLETED, FAILED, WRITE_INTERVAL, OutcomeCount, OutcomeTally, by_minute
 
 T = TypeVar("T")
 LOST_WORKER_STOPPED = "lost: worker stopped"
 logger = logging.getLogger(__name__)
-# Seconds between checkpoints of the write-ahead log (when anything was written).
-CHECKPOINT_INTERVAL = 1.0
+# Seconds between checkpoints of the write-ahead log (when anything was written), and
+# between writes of the outcomes counted.
+CHECKPOINT_INTERVAL = WRITE_INTERVAL
 # Seconds a write waits for another process to release the file's write lock.
 LOCK_TIMEOUT = 10.0
 Row = tuple[Any, ...]
@@ -193,6 +199,41 @@ SCHEDULES = (
     " LEFT JOIN schedule_ticks ON schedule = name"
     " AND tick = (SELECT max(tick) FROM schedule_ticks WHERE schedule = name) ORDER BY name"
 )
+# A bulk action's round: the jobs it selects, through the listing's indexes (see _selection)
+# and only while they are what the action changes; then each is changed as one would be.
+BULK_SELECT = "SELECT id FROM jobs INDEXED BY {index} WHERE {terms} LIMIT ?"
+CANCEL_QUEUED_JOBS = (
+    "UPDATE jobs SET status = 'cancelled', finished_at = ?"
+    f" WHERE id IN (SELECT value FROM json_each(?)) RETURNING {COLUMNS}"
+)
+ASK_TO_CANCEL_JOBS = (
+    "UPDATE jobs SET cancel_requested = 1"
+    f" WHERE id IN (SELECT value FROM json_each(?)) RETURNING {COLUMNS}"
+)
+RETRY_STATE = (
+    "SELECT id, unique_key, priority FROM jobs WHERE id IN (SELECT value FROM json_each(?))"
+)
+KEY_FREE = (
+    "(unique_key IS NULL OR NOT EXISTS (SELECT 1 FROM jobs AS holder INDEXED BY"
+    " ix_jobs_unique_key WHERE holder.unique_key = jobs.unique_key"
+    " AND holder.unique_key IS NOT NULL AND holder.status IN ('queued', 'running')))"
+)
+# The due jobs of a queue and priority ahead of a job: a range of the claims' index, up to
+# the job's place or the first job not due, whichever comes first.
+AHEAD_AT_PRIORITY = (
+    "SELECT count(*) FROM (SELECT 1 FROM jobs INDEXED BY ix_jobs_queue_due"
+    " WHERE status = 'queued' AND queue = ?1 AND priority = ?2 AND claim_at <= ?3"
+    " AND (claim_at, id) < (?4, ?5) LIMIT ?6)"
+)
+QUEUED_PRIORITIES = (
+    "SELECT priority FROM job_counts WHERE queue = ? AND status = 'queued' AND n > 0"
+)
+RECORD_OUTCOMES = (
+    "INSERT INTO job_outcomes (minute, outcome, n) VALUES (?, ?, ?)"
+    " ON CONFLICT (minute, outcome) DO UPDATE SET n = n + excluded.n"
+)
+FORGET_OUTCOMES = "DELETE FROM job_outcomes WHERE minute < ?"
+RECENT_OUTCOMES = "SELECT minute, outcome, n FROM job_outcomes WHERE minute >= ?"
 # Triggers keep job_counts exact, so /stats and /queues stay instant at millions of jobs.
 COUNT_JOBS = "SELECT status, sum(n) FROM job_counts GROUP BY status"
 QUEUE_COUNTS = "SELECT queue, status, sum(n) FROM job_counts GROUP BY queue, status"
@@ -212,15 +253,18 @@ def _list_jobs_statement(index: str | None, terms: tuple[str, ...]) -> str:
     return f"SELECT {COLUMNS} FROM jobs WHERE id IN ({matching}) {NEWEST_FIRST}"
 
 
-def _listing(conn: sqlite3.Connection, where: JobFilter) -> tuple[str, list[Any]]:
-    """The statement that lists the jobs `where` matches, and its parameters but the page's."""
+def _selection(
+    conn: sqlite3.Connection, where: JobFilter
+) -> tuple[str | None, list[str], list[Any]]:
+    """The index that finds the jobs `where` matches, the terms that pick them in it, and
+    the terms' parameters (None, no terms: every job, newest first by the primary key)."""
     by_queue = ("queue = ?", [where.queue]) if where.queue is not None else (ANY_QUEUE, [])
     status = where.status.value if where.status is not None else None
     by_status = ("status = ?", [status]) if status is not None else (ANY_STATUS, [])
     terms: list[tuple[str, list[Any]]]
     if where.task is None:
         if status is None and where.queue is None:
-            return _list_jobs_statement(None, ()), []
+            return None, [], []
         index, terms = "ix_jobs_queue_newest", [by_queue, by_status]
     else:
         by_task = (f"{TASK.text} = ?", [where.task])
@@ -233,8 +277,27 @@ def _listing(conn: sqlite3.Connection, where: JobFilter) -> tuple[str, list[Any]
             index, terms = "ix_jobs_task_newest", [by_task, by_queue]
             if status is not None:
                 terms.append(by_status)
-    statement = _list_jobs_statement(index, tuple(sql for sql, _ in terms))
-    return statement, [value for _, values in terms for value in values]
+    return index, [sql for sql, _ in terms], [value for _, values in terms for value in values]
+
+
+def _listing(conn: sqlite3.Connection, where: JobFilter) -> tuple[str, list[Any]]:
+    """The statement that lists the jobs `where` matches, and its parameters but the page's."""
+    index, terms, params = _selection(conn, where)
+    return _list_jobs_statement(index, tuple(terms)), params
+
+
+def _bulk_selection(
+    conn: sqlite3.Connection,
+    where: JobFilter,
+    status: JobStatus,
+    extra: tuple[str, Sequence[Any]],
+    limit: int,
+) -> list[int]:
+    """Up to `limit` ids of the jobs in `status` that `where` matches and the term `extra`
+    (with its parameters) accepts."""
+    index, terms, params = _selection(conn, dataclasses.replace(where, status=status))
+    statement = BULK_SELECT.format(index=index, terms=" AND ".join([*terms, extra[0]]))
+    return [job_id for (job_id,) in conn.execute(statement, [*params, *extra[1], limit])]
 
 
 class WorkersRunElsewhere(StoreUnavailable):
@@ -254,6 +317,7 @@ class SqliteJobStore:
         self._cancel_listeners: list[Callable[[int], None]] = []
         self._engine = open_engine(database_url)
         self._writer = GroupCommitter(self._commit)
+        self._outcomes = OutcomeTally()
         # The one connection that writes (pooled, and its sqlite3 connection), opened by open().
         self._pooled_write_connection: Any = None
         self._write_connection: sqlite3.Connection
@@ -281,6 +345,8 @@ class SqliteJobStore:
         self._checkpointer.cancel()
         with suppress(asyncio.CancelledError):
             await self._checkpointer
+        with suppress(StoreUnavailable):
+            await self._write_outcomes()
         await self._writer.drain()
         if self._pooled_write_connection is not None:
             self._pooled_write_connection.close()
@@ -325,12 +391,15 @@ class SqliteJobStore:
         return claimed
 
     async def complete_job(self, job: Job, result: Any) -> None:
-        change = (dumps(result), _to_db(self._clock.now()), job.id)
-        await self._writer.write(_complete_jobs, change)
+        now = self._clock.now()
+        self._outcomes.add(now, COMPLETED)
+        await self._writer.write(_complete_jobs, (dumps(result), _to_db(now), job.id))
 
     async def error_job(self, job: Job, error: str, retry_at: datetime | None) -> None:
         errors = dumps([*job.errors, error])
-        now = _to_db(self._clock.now())
+        moment = self._clock.now()
+        self._outcomes.add(moment, FAILED)
+        now = _to_db(moment)
         change: Row
         if retry_at is None:
             change = (errors, None, None, now, job.id)
@@ -352,6 +421,8 @@ class SqliteJobStore:
         self._hold_workers_lock()
         rescue = (self._clock.now(), self._aging)
         rescued: int = await self._writer.write(_rescue_running_jobs, rescue)
+        if rescued:
+            self._outcomes.add(self._clock.now(), FAILED, rescued)
         return rescued
 
     async def cancel_job(self, job_id: int) -> Job | None:
@@ -384,6 +455,37 @@ class SqliteJobStore:
             return None
         self._wake()
         return _job_from_row(row)
+
+    async def cancel_jobs(self, where: JobFilter, inserted_by: datetime, limit: int) -> list[Job]:
+        cancel = (where, _to_db(inserted_by), _to_db(self._clock.now()), limit)
+        rows, asked = await self._writer.write(_cancel_many, cancel)
+        for job_id in asked:
+            for on_cancel in self._cancel_listeners:
+                on_cancel(job_id)
+        return [_job_from_row(row) for row in rows]
+
+    async def retry_jobs(self, where: JobFilter, finished_by: datetime, limit: int) -> list[Job]:
+        retry = (where, _to_db(finished_by), self._clock.now(), self._aging, limit)
+        rows = await self._writer.write(_retry_many, retry)
+        if rows:
+            self._wake()
+        return [_job_from_row(row) for row in rows]
+
+    async def count_jobs_ahead(self, job: Job, limit: int) -> int:
+        now = self._clock.now()
+        place = (_to_db(job.run_at + job.priority * self._aging), job.id)
+
+        def count(conn: sqlite3.Connection) -> int:
+            ahead = 0
+            for (priority,) in conn.execute(QUEUED_PRIORITIES, (job.queue,)).fetchall():
+                if ahead >= limit:
+                    break
+                due_by = _to_db(now + priority * self._aging)
+                params = (job.queue, priority, due_by, *place, limit - ahead)
+                ahead += conn.execute(AHEAD_AT_PRIORITY, params).fetchone()[0]
+            return ahead
+
+        return await self._read(count)
 
     async def next_run_at(self, limits: Mapping[str, int]) -> datetime | None:
         # The engine asks after every claim that left a worker idle. A lookup per queue and
@@ -425,6 +527,11 @@ class SqliteJobStore:
             return conn.execute(query, [*params, limit, offset]).fetchall()
 
         return [_job_from_row(row) for row in await self._read(read)]
+
+    async def recent_outcomes(self, since: datetime) -> list[MinuteOutcomes]:
+        start = _to_db(minute_of(max(since, self._clock.now() - OUTCOMES_KEPT)))
+        rows = await self._read(lambda conn: conn.execute(RECENT_OUTCOMES, (start,)).fetchall())
+        return by_minute((_from_db(minute), outcome, n) for minute, outcome, n in rows)
 
     async def count_jobs(self) -> dict[JobStatus, int]:
         rows = await self._read(lambda conn: conn.execute(COUNT_JOBS).fetchall())
@@ -556,11 +663,28 @@ class SqliteJobStore:
             conn.execute("COMMIT")
             return results
 
+    async def _write_outcomes(self) -> None:
+        """Add the outcomes counted since the last time to job_outcomes; forget old ones."""
+        counted = self._outcomes.take()
+        if not counted:
+            return
+        forget_before = _to_db(self._clock.now() - OUTCOMES_KEPT)
+        try:
+            await self._writer.write(_record_outcomes, (counted, forget_before))
+        except StoreUnavailable:
+            self._outcomes.put_back(counted)
+            raise
+
     async def _checkpoint_periodically(self) -> None:
-        """Copy the WAL into the database file now and then, off the event loop's thread."""
+        """Copy the WAL into the database file now and then, off the event loop's thread,
+        and write the outcomes counted meanwhile."""
         checkpointed_at = self._writer.commits
         while True:
             await asyncio.sleep(CHECKPOINT_INTERVAL)
+            try:
+                await self._write_outcomes()
+            except StoreUnavailable as exc:
+                logger.warning("Could not write the outcomes counted, will retry: %s", exc)
             if self._writer.commits != checkpointed_at:
                 checkpointed_at = self._writer.commits
                 try:
@@ -814,6 +938,57 @@ def _retry_jobs(
         change = (_to_db(now), _to_db(now + priority * aging), job_id)
         outcomes.append((conn.execute(RETRY_JOB, change).fetchone(), None))
     return outcomes
+
+
+def _cancel_many(
+    conn: sqlite3.Connection, cancels: list[tuple[JobFilter, str, str, int]]
+) -> list[tuple[list[Row], list[int]]]:
+    """Per bulk cancel: the rows of the jobs it changed, and the running ones it asked to stop."""
+    outcomes: list[tuple[list[Row], list[int]]] = []
+    for where, inserted_by, now, limit in cancels:
+        rows: list[Row] = []
+        running: list[int] = []
+        if where.status in (None, JobStatus.QUEUED):
+            bound = ("inserted_at <= ?", [inserted_by])
+            queued = _bulk_selection(conn, where, JobStatus.QUEUED, bound, limit)
+            rows += conn.execute(CANCEL_QUEUED_JOBS, (now, dumps(queued))).fetchall()
+        if where.status in (None, JobStatus.RUNNING) and len(rows) < limit:
+            bound = ("inserted_at <= ? AND NOT cancel_requested", [inserted_by])
+            running = _bulk_selection(conn, where, JobStatus.RUNNING, bound, limit - len(rows))
+            rows += conn.execute(ASK_TO_CANCEL_JOBS, (dumps(running),)).fetchall()
+        outcomes.append((rows, running))
+    return outcomes
+
+
+def _retry_many(
+    conn: sqlite3.Connection, retries: list[tuple[JobFilter, str, datetime, timedelta, int]]
+) -> list[list[Row]]:
+    """Per bulk retry: the rows of the jobs it queued again."""
+    outcomes: list[list[Row]] = []
+    for where, finished_by, now, aging, limit in retries:
+        extra = (f"finished_at <= ? AND {KEY_FREE}", [finished_by])
+        chosen: list[int] = []
+        for status in (JobStatus.FAILED, JobStatus.CANCELLED):
+            if where.status in (None, status) and len(chosen) < limit:
+                chosen += _bulk_selection(conn, where, status, extra, limit - len(chosen))
+        rows = []
+        for job_id, unique_key, priority in conn.execute(RETRY_STATE, (dumps(chosen),)).fetchall():
+            # An earlier job of this round may have taken the same unique_key.
+            if unique_key is not None and conn.execute(HOLDER_OF_KEY, (unique_key,)).fetchone():
+                continue
+            change = (_to_db(now), _to_db(now + priority * aging), job_id)
+            rows.append(conn.execute(RETRY_JOB, change).fetchone())
+        outcomes.append(rows)
+    return outcomes
+
+
+def _record_outcomes(
+    conn: sqlite3.Connection, records: list[tuple[list[OutcomeCount], str]]
+) -> list[None]:
+    for counted, forget_before in records:
+        conn.executemany(RECORD_OUTCOMES, [(_to_db(m), outcome, n) for m, outcome, n in counted])
+        conn.execute(FORGET_OUTCOMES, (forget_before,))
+    return [None] * len(records)
 
 
 def _to_db(moment: datetime) -> str:

@@ -1,0 +1,32 @@
+"""The attempts that ended per minute and instance: `job_outcomes`, for the dashboard's chart.
+
+Revision ID: 0006
+Revises: 0005
+
+A new table only: every job is kept as it is. It starts empty: the chart shows what ends
+from the upgrade on.
+"""
+
+from collections.abc import Sequence
+
+from alembic import op
+
+revision: str = "0006"
+down_revision: str | Sequence[str] | None = "0005"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+# As jobs/model.py declares it.
+UPGRADE = (
+    "CREATE TABLE job_outcomes (minute TIMESTAMP WITH TIME ZONE NOT NULL,"
+    " outcome VARCHAR(16) NOT NULL, instance VARCHAR NOT NULL, n INTEGER NOT NULL,"
+    " PRIMARY KEY (minute, outcome, instance))"
+)
+
+
+def upgrade() -> None:
+    op.execute(UPGRADE)
+
+
+def downgrade() -> None:
+    op.execute("DROP TABLE job_outcomes")
