@@ -365,6 +365,90 @@ async def test_retrying_a_queued_or_done_job_is_409(workers: httpx.AsyncClient) 
     assert error_of(await workers.post(f"/jobs/{done}/retry"), 409) == f"Job {done} is done"
 
 
+# --- Bulk cancel and retry of what a filter selects
+
+
+async def test_a_bulk_cancel_ends_the_selected_queued_jobs_and_asks_the_running_ones(
+    workers: httpx.AsyncClient, gate: Gate
+) -> None:
+    running = (await post(workers, payload={"task": "forever"}))["job_id"]
+    await wait_for(workers, running, "running")
+    # The default queue's two workers are busy: these wait.
+    await post(workers, payload={"task": "forever"})
+    queued = [(await post(workers, payload={"task": "forever"}))["job_id"] for _ in range(3)]
+    other = (await post(workers, payload={"task": "wait"}))["job_id"]
+    await wait_until(lambda: len(gate.started) == 2, message="two running")
+
+    response = await workers.post("/jobs/cancel", json={"task": "forever"})
+
+    assert response.status_code == 200, response.text
+    assert response.json() == {"message": "Jobs cancelled", "cancelled": 3, "stopping": 2}
+    for job_id in queued:
+        assert (await job_of(workers, job_id))["status"] == "cancelled"
+    await wait_for(workers, running, "cancelled")
+    assert (await job_of(workers, other))["status"] != "cancelled"
+
+
+async def test_a_bulk_retry_queues_the_selected_failed_jobs_again(
+    workers: httpx.AsyncClient,
+) -> None:
+    failed = [
+        (await post(workers, payload={"task": "fail"}, max_attempts=1, queue=queue))["job_id"]
+        for queue in ("default", "default", "emails")
+    ]
+    for job_id in failed:
+        await wait_for(workers, job_id, "failed")
+
+    response = await workers.post("/jobs/retry", json={"status": "failed", "queue": "default"})
+
+    assert response.status_code == 200, response.text
+    assert response.json() == {"message": "Jobs retried", "retried": 2}
+    for job_id in failed[:2]:
+        again = await wait_for(workers, job_id, "failed")
+        assert (again["attempt"], again["max_attempts"]) == (2, 2)
+    assert (await job_of(workers, failed[2]))["attempt"] == 1
+
+
+@pytest.mark.parametrize(
+    ("selection", "named"),
+    [
+        ({"stauts": "failed"}, "stauts"),
+        ({"status": "lost"}, "status"),
+        ({"queue": "Bad Name"}, "queue"),
+        ({"task": ""}, "task"),
+    ],
+)
+@pytest.mark.parametrize("action", ["cancel", "retry"])
+async def test_a_bad_bulk_selection_is_400_naming_it_and_changes_nothing(
+    client: httpx.AsyncClient, action: str, selection: dict[str, str], named: str
+) -> None:
+    job_id = (await post(client))["job_id"]
+
+    assert error_of(await client.post(f"/jobs/{action}", json=selection), 400).startswith(named)
+    assert (await job_of(client, job_id))["status"] == "queued"
+    assert error_of(await client.get(f"/jobs/{action}"), 405)
+
+
+async def test_throughput_counts_the_attempts_that_ended_in_each_of_the_last_60_minutes(
+    workers: httpx.AsyncClient,
+) -> None:
+    done = (await post(workers))["job_id"]
+    failed = (await post(workers, payload={"task": "fail"}, max_attempts=1))["job_id"]
+    await wait_for(workers, done, "done")
+    await wait_for(workers, failed, "failed")
+
+    async def counted() -> bool:
+        minutes = (await workers.get("/stats/throughput")).json()["minutes"]
+        totals = [sum(minute[outcome] for minute in minutes) for outcome in ("completed", "failed")]
+        return totals == [1, 1]
+
+    await wait_until(counted, message="both outcomes to be counted")
+    minutes = (await workers.get("/stats/throughput")).json()["minutes"]
+    assert len(minutes) == 60
+    assert minutes == sorted(minutes, key=lambda minute: minute["minute"])
+    assert all(minute["minute"].endswith(":00.000000Z") for minute in minutes)
+
+
 # --- Listing by queue and task
 
 

@@ -12,13 +12,26 @@ from ..jobs.registry import TaskRegistry
 from ..jobs.store import Enqueued, JobFilter, JobStore
 from .deps import StoreDep
 from .json_body import OrjsonRoute
-from .schemas import BulkJobs, JobAccepted, JobExists, JobsAccepted, JobScheduled, error_responses
+from .schemas import (
+    BulkJobs,
+    JobAccepted,
+    JobExists,
+    JobsAccepted,
+    JobsCancelled,
+    JobScheduled,
+    JobSelection,
+    JobsRetried,
+    error_responses,
+)
 
 MAX_PER_PAGE = 200
 # Offsets beyond what a database integer holds cannot match any job.
 MAX_OFFSET = 2**62
 # Ids are positive 64-bit integers; any other integer names no job.
 ID_RANGE = range(1, 2**63)
+# Jobs a bulk action changes per store call: each call is a short transaction of its own, so
+# other writes go on between them however many jobs it selects.
+BULK_ROUND = 1000
 
 router = APIRouter(
     prefix="/jobs",
@@ -154,10 +167,50 @@ async def list_jobs(
     return await store.list_jobs(where, limit, min((page - 1) * limit, MAX_OFFSET))
 
 
+@router.post("/cancel", responses=error_responses(400))
+async def cancel_jobs(selection: JobSelection, store: StoreDep, request: Request) -> JobsCancelled:
+    """Cancel every queued or running job the selection matches that exists now, as
+    `POST /jobs/{id}/cancel` does each; an empty selection matches every job."""
+    where = JobFilter(status=selection.status, queue=selection.queue, task=selection.task)
+    return await cancel_selected(where, store, request)
+
+
+async def cancel_selected(where: JobFilter, store: JobStore, request: Request) -> JobsCancelled:
+    state = request.app.state
+    asked_at = state.clock.now()
+    cancelled = stopping = 0
+    while changed := await store.cancel_jobs(where, asked_at, BULK_ROUND):
+        for job in changed:
+            if job.status is JobStatus.CANCELLED:
+                cancelled += 1
+                state.events.emit(JobCancelled(job, state.registry.resolve(job).name, None))
+            else:
+                stopping += 1
+    return JobsCancelled(cancelled=cancelled, stopping=stopping)
+
+
+@router.post("/retry", responses=error_responses(400))
+async def retry_jobs(selection: JobSelection, store: StoreDep, request: Request) -> JobsRetried:
+    """Retry every failed or cancelled job the selection matches that has ended by now, as
+    `POST /jobs/{id}/retry` does each; an empty selection matches every job."""
+    where = JobFilter(status=selection.status, queue=selection.queue, task=selection.task)
+    return await retry_selected(where, store, request)
+
+
+async def retry_selected(where: JobFilter, store: JobStore, request: Request) -> JobsRetried:
+    finished_by = request.app.state.clock.now()
+    retried = 0
+    while changed := await store.retry_jobs(where, finished_by, BULK_ROUND):
+        retried += len(changed)
+    return JobsRetried(retried=retried)
+
+
 # Declared before `/{job_id}`: otherwise `GET /jobs/schedule` would be the job "schedule"
 # (a 400), where OpenAPI, which matches literal paths first, promises a 405.
 @router.get("/schedule", include_in_schema=False)
 @router.get("/bulk", include_in_schema=False)
+@router.get("/cancel", include_in_schema=False)
+@router.get("/retry", include_in_schema=False)
 async def only_post_here() -> None:
     raise HTTPException(405)
 

@@ -2,9 +2,9 @@
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from ..jobs.model import Moment, NewJob
+from ..jobs.model import NO_NUL, JobStatus, Moment, NewJob, QueueName
 
 MAX_BULK_JOBS = 1000
 
@@ -43,6 +43,41 @@ class JobsAccepted(BaseModel):
         examples=[[125, 126]],
         description="One id per submitted job, in order; a job whose unique_key was taken"
         " gets the id of the job that holds it.",
+    )
+
+
+class JobSelection(BaseModel):
+    """Which jobs a bulk cancel or retry applies to: every field given must match."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: JobStatus | None = Field(default=None, description="Only jobs in this status.")
+    queue: QueueName | None = Field(default=None, description="Only jobs in this queue.")
+    task: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        pattern=NO_NUL,
+        description='Only jobs whose `payload["task"]` is this.',
+        examples=["send_email"],
+    )
+
+
+class JobsCancelled(BaseModel):
+    message: Literal["Jobs cancelled"] = "Jobs cancelled"
+    cancelled: int = Field(examples=[40], description="Queued jobs now `cancelled`.")
+    stopping: int = Field(
+        examples=[2],
+        description="Running jobs asked to stop: each ends `cancelled` when its handler returns.",
+    )
+
+
+class JobsRetried(BaseModel):
+    message: Literal["Jobs retried"] = "Jobs retried"
+    retried: int = Field(
+        examples=[12],
+        description="Failed or cancelled jobs queued again; one whose unique_key a queued or"
+        " running job holds is left as it is.",
     )
 
 
@@ -93,6 +128,22 @@ class Schedule(BaseModel):
         description="Its latest tick that got a job, in UTC; null if none has yet."
     )
     last_job_id: int | None = Field(examples=[123], description="The job of that tick.")
+
+
+class MinuteThroughput(BaseModel):
+    minute: Moment = Field(description="The minute's start, in UTC.")
+    completed: int = Field(description="Attempts whose handler returned.")
+    failed: int = Field(
+        description="Attempts whose handler raised or timed out, or whose worker was lost."
+    )
+
+
+class Throughput(BaseModel):
+    """The attempts that ended in each of the last 60 minutes, on every instance."""
+
+    minutes: list[MinuteThroughput] = Field(
+        description="Oldest first; the last is the minute now under way."
+    )
 
 
 class Health(BaseModel):

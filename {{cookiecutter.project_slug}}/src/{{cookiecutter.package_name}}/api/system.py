@@ -1,12 +1,17 @@
-"""Liveness and overview: the probes `/` and `/health`, and `/stats`."""
+"""Liveness and overview: the probes `/` and `/health`, `/stats` and `/stats/throughput`."""
 
-from fastapi import APIRouter
+from datetime import timedelta
+
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from ..jobs.model import JobStatus
 from ..jobs.store import StoreUnavailable
+from ..jobs.store.base import minute_of
 from .deps import EngineDep, StoreDep
-from .schemas import Health, Stats, error_responses
+from .schemas import Health, MinuteThroughput, Stats, Throughput, error_responses
+
+CHART_MINUTES = 60
 
 # Open to anyone, always: load balancers and orchestrators probe without credentials.
 probes = APIRouter(tags=["system"])
@@ -45,3 +50,18 @@ async def stats(store: StoreDep) -> Stats:
     counts = await store.count_jobs()
     by_status = {status.value: counts.get(status, 0) for status in JobStatus}
     return Stats(**by_status, total=sum(by_status.values()))
+
+
+@router.get("/stats/throughput", responses=error_responses(503))
+async def throughput(store: StoreDep, request: Request) -> Throughput:
+    """The attempts that ended in each of the last 60 minutes: completed and failed."""
+    now_minute = minute_of(request.app.state.clock.now())
+    first = now_minute - timedelta(minutes=CHART_MINUTES - 1)
+    counted = {minute.minute: minute for minute in await store.recent_outcomes(first)}
+    minutes = []
+    for n in range(CHART_MINUTES):
+        minute = first + timedelta(minutes=n)
+        found = counted.get(minute)
+        completed, failed = (found.completed, found.failed) if found else (0, 0)
+        minutes.append(MinuteThroughput(minute=minute, completed=completed, failed=failed))
+    return Throughput(minutes=minutes)
