@@ -14,7 +14,7 @@ import shutil
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,6 +101,15 @@ def screenshots(request: pytest.FixtureRequest) -> Path:
     return directory
 
 
+def reload_until(page: Any, condition: Callable[[], bool], what: str, within: float = 20) -> None:
+    """Reload the page until `condition` holds: what it waits for is not pushed to pages."""
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+        page.reload()
+
+
 def test_an_operator_signs_in_retries_a_failed_job_and_pauses_a_queue(
     service: Service, screenshots: Path, tmp_path: Path
 ) -> None:
@@ -138,6 +147,15 @@ def test_an_operator_signs_in_retries_a_failed_job_and_pauses_a_queue(
             expect(page).to_have_url(f"{service.url}/dashboard/")
             expect(page.locator('[data-status="done"]')).to_have_text("5")
             expect(page.locator('[data-status="failed"]')).to_have_text("1")
+            # The chart's counts are written out every second: reload until they are in.
+            completed = page.locator('[data-outcome="completed"]')
+            reload_until(
+                page,
+                lambda: completed.inner_text() == "5 completed",
+                "the chart to count the 5 completed attempts",
+            )
+            expect(page.locator('[data-outcome="failed"]')).to_have_text("1 failed")
+            expect(page.locator(".chart rect.completed")).to_have_count(60)
             shot("02-overview")
 
             page.get_by_role("link", name="Jobs", exact=True).click()
@@ -155,11 +173,11 @@ def test_an_operator_signs_in_retries_a_failed_job_and_pauses_a_queue(
             awaited.write_text("ready\n")
             page.get_by_role("button", name="Retry").click()
             expect(page).to_have_url(f"{service.url}/dashboard/jobs/{failing}")
-            deadline = time.monotonic() + 20
-            while page.locator("h1 .status").inner_text() != "done":
-                assert time.monotonic() < deadline, "the retried job did not finish"
-                time.sleep(0.2)
-                page.reload()
+            reload_until(
+                page,
+                lambda: page.locator("h1 .status").inner_text() == "done",
+                "the retried job to finish",
+            )
             expect(page.locator("pre").nth(1)).to_contain_text(str(awaited))
             shot("05-retried-job-done")
 
@@ -171,8 +189,23 @@ def test_an_operator_signs_in_retries_a_failed_job_and_pauses_a_queue(
             paused = {queue["name"]: queue["paused"] for queue in service.call("GET", "/queues")}
             assert paused == {"default": False, "emails": True}
 
+            # Jobs of the paused queue wait; the jobs page cancels all that its filters select.
+            waiting = {"payload": {"task": "sleep", "seconds": 0}, "queue": "emails"}
+            held = [service.call("POST", "/jobs", waiting) for _ in range(2)]
+            page.goto(f"{service.url}/dashboard/jobs?status=queued&queue=emails")
+            expect(page.locator("tbody tr")).to_have_count(2)
+            page.once("dialog", lambda dialog: dialog.accept())
+            page.get_by_role("button", name="Cancel all that match").click()
+            expect(page.locator(".notice")).to_have_text(
+                "Cancelled 2 queued jobs; asked 0 running jobs to stop."
+            )
+            expect(page.locator("tbody tr")).to_have_count(1)  # "No job matches."
+            shot("07-bulk-cancelled")
+            statuses = [service.call("GET", f"/jobs/{job['job_id']}")["status"] for job in held]
+            assert statuses == ["cancelled", "cancelled"]
+
             page.get_by_role("link", name="Schedules").click()
-            shot("07-schedules")
+            shot("08-schedules")
 
             reader = browser.new_page(viewport={"width": 1280, "height": 900})
             reader.goto(f"{service.url}/dashboard/login")
@@ -181,7 +214,7 @@ def test_an_operator_signs_in_retries_a_failed_job_and_pauses_a_queue(
             reader.goto(f"{service.url}/dashboard/queues")
             expect(reader.locator("header")).to_contain_text("viewer (read only)")
             expect(reader.locator("main button")).to_have_count(0)
-            reader.screenshot(path=screenshots / "08-read-only-queues.png", full_page=True)
+            reader.screenshot(path=screenshots / "09-read-only-queues.png", full_page=True)
         finally:
             browser.close()
     print(f"screenshots in {screenshots}")

@@ -33,6 +33,8 @@ PAGES = [
 ACTIONS = [
     "/dashboard/jobs/1/cancel",
     "/dashboard/jobs/1/retry",
+    "/dashboard/jobs/cancel",
+    "/dashboard/jobs/retry",
     f"/dashboard/queues/{HELD}/resume",
     "/dashboard/schedules/nightly_report/pause",
 ]
@@ -182,7 +184,7 @@ async def test_the_jobs_page_goes_back_in_pages_of_50_keeping_its_filters(
     assert older is not None
     second = await admin.get(unescape(older[1]))
 
-    assert newest.text.count("/dashboard/jobs/") == 50
+    assert len(re.findall(r'/dashboard/jobs/(\d+)">', newest.text)) == 50
     assert f"queue={HELD}" in unescape(older[1])
     assert re.findall(r'/dashboard/jobs/(\d+)">', second.text) == [str(first.id)]
     assert 'rel="next"' not in second.text
@@ -227,6 +229,23 @@ async def test_a_job_page_shows_its_payload_and_why_it_is_not_running(
     assert "\\u003cb\\u003ex\\u003c/b\\u003e@example.com" in waiting_page.text
 
 
+async def test_a_due_job_s_page_says_how_many_jobs_of_its_queue_go_first(
+    app: FastAPI, admin: httpx.AsyncClient
+) -> None:
+    await app.state.engine.stop(0)
+    store = store_of(app)
+    first, second, urgent = [
+        (await store.insert_job(NewJob(payload={}, queue="emails", priority=priority))).job
+        for priority in (1, 1, 0)
+    ]
+
+    pages = [(await admin.get(f"/dashboard/jobs/{job.id}")).text for job in (first, second, urgent)]
+
+    assert "Due: waiting behind 1 jobs of the queue emails that go first" in pages[0]
+    assert "Due: waiting behind 2 jobs of the queue emails that go first" in pages[1]
+    assert "Due: next in line for a free worker of the queue emails." in pages[2]
+
+
 async def test_a_failed_job_s_page_shows_each_attempt_s_error_and_offers_a_retry(
     app: FastAPI, admin: httpx.AsyncClient
 ) -> None:
@@ -242,6 +261,27 @@ async def test_a_failed_job_s_page_shows_each_attempt_s_error_and_offers_a_retry
     assert "task &#39;fail&#39; always fails" in page.text
     assert f"/dashboard/jobs/{job.id}/retry" in page.text
     assert f"/dashboard/jobs/{job.id}/cancel" not in page.text
+
+
+async def test_the_overview_charts_the_attempts_that_ended_in_the_last_hour(
+    app: FastAPI, admin: httpx.AsyncClient
+) -> None:
+    store = store_of(app)
+    await store.insert_all_jobs(
+        [NewJob(payload={}), NewJob(payload={"task": "fail"}, max_attempts=1)]
+    )
+
+    async def both_counted() -> bool:
+        minutes = await store.recent_outcomes(app.state.clock.now() - timedelta(hours=1))
+        return (sum(m.completed for m in minutes), sum(m.failed for m in minutes)) == (1, 1)
+
+    await wait_until(both_counted, timeout=5, message="both attempts to be counted")
+    page = await admin.get("/dashboard/")
+
+    assert '<span class="legend completed" data-outcome="completed">1 completed</span>' in page.text
+    assert '<span class="legend failed" data-outcome="failed">1 failed</span>' in page.text
+    bars = re.findall(r"<title>\d\d:\d\d UTC: \d+ completed, \d+ failed</title>", page.text)
+    assert len(bars) == 60
 
 
 async def test_pages_load_nothing_from_elsewhere(app: FastAPI, admin: httpx.AsyncClient) -> None:
@@ -275,6 +315,36 @@ async def test_cancel_and_retry_change_the_job_and_come_back_to_its_page(
     assert cancelled.headers["location"] == f"http://test/dashboard/jobs/{job.id}"
     assert after_cancel is not None and after_cancel.status is JobStatus.CANCELLED
     assert after_retry is not None and after_retry.status is JobStatus.QUEUED
+
+
+async def test_bulk_cancel_and_retry_change_every_job_the_filters_select(
+    app: FastAPI, admin: httpx.AsyncClient
+) -> None:
+    selected = [await held_job(app) for _ in range(3)]
+    other = await held_job(app, payload={"task": "render"})
+    listing = await admin.get("/dashboard/jobs", params={"task": "send_email"})
+    token = csrf_token(listing)
+    form = {"csrf_token": token, "task": "send_email"}
+
+    cancelled = await admin.post("/dashboard/jobs/cancel", data=form)
+    after_cancel = [await store_of(app).get_job(job.id) for job in [*selected, other]]
+    notice = await admin.get(cancelled.headers["location"])
+    retried = await admin.post("/dashboard/jobs/retry", data={**form, "status": "cancelled"})
+    after_retry = [await store_of(app).get_job(job.id) for job in selected]
+
+    assert '<input type="hidden" name="task" value="send_email">' in listing.text
+    assert cancelled.status_code == retried.status_code == 303
+    assert cancelled.headers["location"] == "http://test/dashboard/jobs?task=send_email"
+    assert retried.headers["location"] == (
+        "http://test/dashboard/jobs?status=cancelled&task=send_email"
+    )
+    cancelled_ones, untouched = after_cancel[:3], after_cancel[3]
+    assert [job and job.status for job in cancelled_ones] == [JobStatus.CANCELLED] * 3
+    assert untouched is not None and untouched.status is JobStatus.QUEUED
+    assert "Cancelled 3 queued jobs; asked 0 running jobs to stop." in notice.text
+    # Said once: the next page has no notice.
+    assert "Cancelled 3" not in (await admin.get("/dashboard/jobs")).text
+    assert [job and job.status for job in after_retry] == [JobStatus.QUEUED] * 3
 
 
 async def test_an_action_the_job_cannot_take_is_a_409_page(
@@ -438,9 +508,10 @@ async def test_a_read_key_sees_no_action_and_is_refused_if_it_posts(
     refused = [await act(client, path.replace("/1/", f"/{job.id}/"), token) for path in ACTIONS]
 
     assert "viewer (read only)" in page.text
-    assert re.findall(r'<form method="post" action="([^"]+)"', page.text) == [
-        "http://test/dashboard/logout"
-    ]
+    for shown in (page, await client.get("/dashboard/jobs")):
+        assert re.findall(r'<form method="post" action="([^"]+)"', shown.text) == [
+            "http://test/dashboard/logout"
+        ]
     assert [answer.status_code for answer in refused] == [403] * len(ACTIONS)
     assert {message(answer) for answer in refused} == {"The API key 'viewer' may only read"}
     assert await state_of(app, job.id) == before

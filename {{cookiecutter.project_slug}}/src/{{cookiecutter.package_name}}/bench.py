@@ -49,6 +49,9 @@ from .api import jobs
 from .api.json_body import OrjsonRoute
 from .api.schemas import JobAccepted
 from .app import create_app
+{%- if cookiecutter.use_dashboard == "yes" %}
+from .dashboard.pages import AHEAD_COUNTED
+{%- endif %}
 from .jobs.clock import SystemClock
 from .jobs.engine import Engine
 from .jobs.model import DEFAULT_QUEUE, Job, JobStatus, NewJob
@@ -452,6 +455,12 @@ async def bench_large_store(count: int) -> None:
         # without statistics the planner misjudges combined filters.
         await run_sql(os.environ["DATABASE_URL"], "ANALYZE jobs")
 {%- endif %}
+{%- if cookiecutter.use_dashboard == "yes" %}
+        # And due jobs that no worker takes, for a page that counts the jobs ahead of one.
+        await app.state.engine.stop(0)
+        due = [NewJob(payload={"n": n}, queue="due") for n in range(AHEAD_COUNTED * 2)]
+        *_, (last_due, _) = await store.insert_all_jobs(due)
+{%- endif %}
         print(f"\nReads with {count} jobs in the store (median of 7 requests, in-process)")
         last_page = count // 50
         for url in (
@@ -471,6 +480,7 @@ async def bench_large_store(count: int) -> None:
             "/dashboard/",
             "/dashboard/jobs?status=queued&queue=queue-3&task=task-4",
             f"/dashboard/jobs/{count // 2}",
+            f"/dashboard/jobs/{last_due.id}",
             "/dashboard/queues",
 {%- endif %}
         ):

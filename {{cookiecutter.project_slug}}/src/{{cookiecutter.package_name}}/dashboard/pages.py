@@ -8,7 +8,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter{% if cookiecutter.use_auth == "yes" %}, Form{% endif %}, Query, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse{% if cookiecutter.use_auth == "yes" %}, Response{% endif %}
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, Field, field_validator
@@ -22,6 +22,7 @@ from ..api.deps import StoreDep
 from ..jobs.model import NO_NUL, QUEUE_NAME_PATTERN, Job, JobStatus
 from ..jobs.store import JobFilter
 from .access import ActingVisitorDep, Visitor, VisitorDep{% if cookiecutter.use_auth == "yes" %}, check_csrf_token, get_access{% endif %}
+from .chart import chart_of
 
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
 TEMPLATES.env.globals["service_name"] = TITLE
@@ -30,6 +31,8 @@ TEMPLATES.env.globals["service_name"] = TITLE
 NAME = "dashboard"
 PER_PAGE = 50
 NEWEST_FAILED = 10
+# A queued job's page counts the jobs ahead of it up to here: past it, the number says little.
+AHEAD_COUNTED = 10_000
 
 router = APIRouter()
 
@@ -41,8 +44,13 @@ def render(
     status_code: int = 200,
     **context: Any,
 ) -> HTMLResponse:
+    # What the last action did, shown once, on the page it led to.
+    notice = request.session.pop("notice", None)
     return TEMPLATES.TemplateResponse(
-        request, template, {"visitor": visitor, **context}, status_code=status_code
+        request,
+        template,
+        {"visitor": visitor, "notice": notice, **context},
+        status_code=status_code,
     )
 
 
@@ -61,21 +69,33 @@ async def overview(request: Request, visitor: VisitorDep, store: StoreDep) -> HT
         stats=await system_api.stats(store),
         queues=await queues_api.list_queues(store, request),
         failures=failures,
+        chart=chart_of((await system_api.throughput(store, request)).minutes),
     )
 
 
-class JobListQuery(BaseModel):
-    """The jobs page's filters, as its form sends them: an empty field means any."""
+class JobSelection(BaseModel):
+    """The jobs page's filters, as its forms send them: an empty field means any."""
 
     status: JobStatus | None = None
     queue: str | None = Field(None, pattern=QUEUE_NAME_PATTERN)
     task: str | None = Field(None, min_length=1, max_length=200, pattern=NO_NUL)
-    page: int = Field(1, ge=1, le=jobs_api.MAX_OFFSET // PER_PAGE)
 
     @field_validator("status", "queue", "task", mode="before")
     @classmethod
     def _blank_means_any(cls, value: object) -> object:
         return None if value == "" else value
+
+    def where(self) -> JobFilter:
+        return JobFilter(status=self.status, queue=self.queue, task=self.task)
+
+    def filters(self) -> dict[str, str]:
+        """The filters set, as the jobs page's query parameters."""
+        fields = self.model_dump(include={"status", "queue", "task"})
+        return {key: str(value) for key, value in fields.items() if value}
+
+
+class JobListQuery(JobSelection):
+    page: int = Field(1, ge=1, le=jobs_api.MAX_OFFSET // PER_PAGE)
 
 
 @router.get("/jobs")
@@ -85,10 +105,9 @@ async def job_list(
     store: StoreDep,
     query: Annotated[JobListQuery, Query()],
 ) -> HTMLResponse:
-    where = JobFilter(status=query.status, queue=query.queue, task=query.task)
     # One more than a page, to know whether there is a next one.
-    found = await store.list_jobs(where, PER_PAGE + 1, (query.page - 1) * PER_PAGE)
-    filters = {key: value for key, value in query.model_dump(exclude={"page"}).items() if value}
+    found = await store.list_jobs(query.where(), PER_PAGE + 1, (query.page - 1) * PER_PAGE)
+    filters = query.filters()
     return render(
         request,
         "jobs.html",
@@ -101,6 +120,38 @@ async def job_list(
     )
 
 
+@router.post("/jobs/cancel")
+async def cancel_selected(
+    request: Request,
+    _: ActingVisitorDep,
+    store: StoreDep,
+    selection: Annotated[JobSelection, Form()],
+) -> RedirectResponse:
+    outcome = await jobs_api.cancel_selected(selection.where(), store, request)
+    cancelled, stopping = outcome.cancelled, outcome.stopping
+    request.session["notice"] = (
+        f"Cancelled {cancelled} queued jobs; asked {stopping} running jobs to stop."
+    )
+    return see_job_list(request, selection)
+
+
+@router.post("/jobs/retry")
+async def retry_selected(
+    request: Request,
+    _: ActingVisitorDep,
+    store: StoreDep,
+    selection: Annotated[JobSelection, Form()],
+) -> RedirectResponse:
+    outcome = await jobs_api.retry_selected(selection.where(), store, request)
+    request.session["notice"] = f"Queued {outcome.retried} failed or cancelled jobs again."
+    return see_job_list(request, selection)
+
+
+def see_job_list(request: Request, selection: JobSelection) -> RedirectResponse:
+    url = request.url_for(f"{NAME}:job_list").include_query_params(**selection.filters())
+    return RedirectResponse(url, status_code=303)
+
+
 @router.get("/jobs/{job_id}")
 async def job_page(
     request: Request, job_id: int, visitor: VisitorDep, store: StoreDep
@@ -111,11 +162,13 @@ async def job_page(
         # Only a queued job needs its queue's state, which costs a count of every queue.
         queues = {queue.name: queue for queue in await queues_api.list_queues(store, request)}
         why = why_not_running(job, queues, request.app.state.clock.now())
+        if why is None:
+            why = waiting_behind(job, await store.count_jobs_ahead(job, AHEAD_COUNTED))
     return render(request, "job.html", visitor, job=job, why=why)
 
 
-def why_not_running(job: Job, queues: dict[str, Any], now: datetime) -> str:
-    """What keeps a queued job from starting."""
+def why_not_running(job: Job, queues: dict[str, Any], now: datetime) -> str | None:
+    """What keeps a queued job from starting, if not the jobs ahead of it."""
     if job.run_at > now:
         return f"Scheduled for {job.run_at:%Y-%m-%d %H:%M:%S} UTC."
     queue = queues.get(job.queue)
@@ -123,7 +176,17 @@ def why_not_running(job: Job, queues: dict[str, Any], now: datetime) -> str:
         return f"Its queue {job.queue} is paused."
     if queue is not None and queue.concurrency is None:
         return f"No worker process serves the queue {job.queue}."
-    return f"Due: waiting for a free worker of the queue {job.queue}."
+    return None
+
+
+def waiting_behind(job: Job, ahead: int) -> str:
+    if ahead == 0:
+        return f"Due: next in line for a free worker of the queue {job.queue}."
+    count = f"{AHEAD_COUNTED:,} or more" if ahead >= AHEAD_COUNTED else f"{ahead:,}"
+    return (
+        f"Due: waiting behind {count} jobs of the queue {job.queue} that go first"
+        " (a higher priority, or due earlier)."
+    )
 
 
 @router.post("/jobs/{job_id}/cancel")
