@@ -178,8 +178,9 @@ async def test_busy_workers_count_the_handlers_running_now(
     assert value(await scrape(client), "job_workers_busy") == 0
 
 
-async def test_labels_stay_few_under_ten_thousand_task_names(client: httpx.AsyncClient) -> None:
-    names = [f"task-{number}" for number in range(10_000)]
+async def test_labels_stay_few_under_a_thousand_task_names(client: httpx.AsyncClient) -> None:
+    # More names than the samples allowed below: one label each could not pass.
+    names = [f"task-{number}" for number in range(1_000)]
     for start in range(0, len(names), 500):
         await asyncio.gather(*(submit(client, name) for name in names[start : start + 500]))
     for method, path in [("FOO", "/jobs"), ("GET", "/random/1"), ("GET", "/random/2")]:
@@ -188,7 +189,7 @@ async def test_labels_stay_few_under_ten_thousand_task_names(client: httpx.Async
     async def all_done() -> bool:
         return bool((await client.get("/stats")).json()["done"] == len(names))
 
-    await wait_until(all_done, timeout=120, message="10,000 jobs to finish")
+    await wait_until(all_done, timeout=60, message="1,000 jobs to finish")
     samples = await scrape(client)
 
     assert series(samples, "jobs_enqueued_total") == [{"task": "default"}]
