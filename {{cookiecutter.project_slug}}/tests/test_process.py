@@ -6,7 +6,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+{%- if cookiecutter.job_store == "sqlite" %}
 from concurrent.futures import ThreadPoolExecutor
+{%- endif %}
 from pathlib import Path
 from typing import Any
 
