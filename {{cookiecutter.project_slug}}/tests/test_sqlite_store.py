@@ -34,15 +34,14 @@ from {{ cookiecutter.package_name }}.settings import Settings
 
 from .conftest import START, ManualClock, StoreOpener, enqueue, serve
 
-HOLD_SECONDS = 2.0
-
 
 class WriteLockHolder(threading.Thread):
-    """Another connection to the same file that holds its write lock for a while."""
+    """Another connection to the same file that holds its write lock for `seconds`."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, seconds: float = 2.0) -> None:
         super().__init__(daemon=True)
         self.path = path
+        self.seconds = seconds
         self.locked = threading.Event()
         self.released_at: float | None = None
 
@@ -51,7 +50,7 @@ class WriteLockHolder(threading.Thread):
         try:
             conn.execute("BEGIN IMMEDIATE")
             self.locked.set()
-            time.sleep(HOLD_SECONDS)
+            time.sleep(self.seconds)
             self.released_at = time.monotonic()
             conn.execute("COMMIT")
         finally:
@@ -96,7 +95,7 @@ async def test_a_write_lock_held_past_the_timeout_is_a_503_not_a_hang(
     app = create_app(settings)
     async with serve(app) as client:
         await app.state.engine.stop(0)
-        holder = WriteLockHolder(settings.database_url.removeprefix("sqlite:///"))
+        holder = WriteLockHolder(settings.database_url.removeprefix("sqlite:///"), seconds=1.0)
         holder.start()
         assert await asyncio.to_thread(holder.locked.wait, 5)
 
