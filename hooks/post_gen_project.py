@@ -25,6 +25,7 @@ STORE_FILES: dict[str, tuple[Path, ...]] = {
         STORE_DIR / "sqlite_migrations",
         STORE_DIR / "group_commit.py",
         Path("tests", "test_sqlite_store.py"),
+        Path("tests", "test_disk_full.py"),
     ),
     "memory": (STORE_DIR / "memory.py",),
     "postgres": (

@@ -61,6 +61,7 @@ STORE_FILE_OWNERS: dict[str, set[str]] = {
     "tests/test_scale_out.py": {"postgres"},
     "tests/test_postgres_store.py": {"postgres"},
     "tests/test_sqlite_store.py": {"sqlite"},
+    "tests/test_disk_full.py": {"sqlite"},
 }
 # A PostgreSQL render's settings need a DATABASE_URL; only its format is checked, so
 # nothing has to listen there.

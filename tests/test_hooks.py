@@ -233,7 +233,12 @@ def rendered_hook(name: str, answers: dict[str, Any], destination: Path) -> Path
 # derived from the hook's STORE_FILES, so a wrong entry there fails. (A store missing
 # here is still checked by tests/test_bake.py, which bakes every store.)
 KEPT_STORE_FILES: dict[str, set[str]] = {
-    "sqlite": {"store/sqlite.py", "store/group_commit.py", "tests/test_sqlite_store.py"},
+    "sqlite": {
+        "store/sqlite.py",
+        "store/group_commit.py",
+        "tests/test_sqlite_store.py",
+        "tests/test_disk_full.py",
+    },
     "memory": {"store/memory.py"},
     "postgres": {"store/postgres.py", "store/group_commit.py", "tests/test_scale_out.py"},
 }

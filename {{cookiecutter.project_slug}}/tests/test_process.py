@@ -2,6 +2,7 @@
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -108,6 +109,36 @@ def test_log_format_json_writes_one_json_object_per_line(
     assert "Worker started" in " ".join(messages)
     completed = messages[f"Job {job_id} completed successfully"]
     assert (completed["job_id"], completed["task"], completed["level"]) == (job_id, "sleep", "info")
+
+
+def test_uvicorn_s_limits_come_from_the_settings(start_service: ServiceStarter) -> None:
+    service = start_service(HTTP_CONCURRENCY_LIMIT="3", HTTP_KEEP_ALIVE_SECONDS="1")
+    port = service.port
+    # Clients that send half a request keep their connections...
+    slow = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(3)]
+    for connection in slow:
+        connection.sendall(b"GET /health HTTP/1.1\r\nHost: test\r\n")
+    try:
+        # ...so that, past the limit, a request is refused at once rather than queued.
+        refused = httpx.get(f"http://127.0.0.1:{port}/health", timeout=5)
+    finally:
+        for connection in slow:
+            connection.close()
+    assert refused.status_code == 503
+
+    # Under the default keep-alive (5 s) this would wait past the socket's timeout (3 s).
+    idle = socket.create_connection(("127.0.0.1", port), timeout=3)
+    try:
+        idle.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+        answer = b""
+        while not answer.endswith(b"Server is running"):
+            answer += idle.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200")
+        # Nothing more is sent: the server closes the idle connection after a second.
+        assert idle.recv(65536) == b""
+    finally:
+        idle.close()
+    assert service.http.get("/health").status_code == 200
 
 
 def test_sigterm_drains_running_jobs_within_the_grace_period_and_exits_0(

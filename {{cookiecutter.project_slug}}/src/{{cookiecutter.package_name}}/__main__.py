@@ -46,6 +46,9 @@ def main() -> None:
         log_level=settings.log_level,
         # One line per request would drown the job events; a proxy can log requests.
         access_log=False,
+        timeout_keep_alive=settings.http_keep_alive_seconds,
+        limit_concurrency=settings.http_concurrency_limit,
+        backlog=settings.http_backlog,
     )
 
 

@@ -73,6 +73,13 @@ class Settings(BaseSettings):
 {%- endif %}
     start_http: bool = True
     start_workers: bool = True
+    # uvicorn's limits (python -m only). An idle keep-alive connection is closed after this.
+    http_keep_alive_seconds: Annotated[int, Field(ge=1)] = 5
+    # Connections and requests in progress at once; past it, new requests get a 503 at once
+    # instead of queueing without end behind clients that send slowly.
+    http_concurrency_limit: Annotated[int, Field(ge=1)] = 1000
+    # Connections the kernel holds for accept() while the process is busy.
+    http_backlog: Annotated[int, Field(ge=1)] = 2048
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     # "json": one JSON object per line, with job_id, task and attempt on job events.
     log_format: Literal["text", "json"] = "text"

@@ -10,10 +10,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from ..jobs.store import JobConflict, StoreUnavailable
+from ..jobs.store import JobConflict, StoreFull, StoreUnavailable
 from .schemas import ErrorBody
 
 logger = logging.getLogger(__name__)
+# Seconds a client should wait before trying again a request the store could not serve.
+RETRY_AFTER = {"Retry-After": "1"}
 
 # Where FastAPI found the value: not part of the field's name.
 SOURCES = frozenset({"body", "query", "path", "header", "cookie"})
@@ -99,7 +101,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def store_unavailable(_: Request, exc: Exception) -> JSONResponse:
         logger.error("Job store unavailable: %s", exc)
-        return error_response(503, "Job store unavailable")
+        return error_response(503, "Job store unavailable", headers=RETRY_AFTER)
+
+    async def store_full(_: Request, exc: Exception) -> JSONResponse:
+        # The store says so once per episode, not once per request.
+        return error_response(507, f"Job store is full: {exc}", headers=RETRY_AFTER)
 
     async def unexpected(_: Request, exc: Exception) -> JSONResponse:
         logger.error("Unhandled error", exc_info=exc)
@@ -109,6 +115,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(JobConflict, conflict)
     app.add_exception_handler(StoreUnavailable, store_unavailable)
+    app.add_exception_handler(StoreFull, store_full)
     app.add_exception_handler(Exception, unexpected)
 
 

@@ -157,8 +157,28 @@ class Health(BaseModel):
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, object]]:
-    """The OpenAPI `responses` of a route that can answer these error statuses."""
-    return {code: {"model": ErrorBody, "description": ERRORS[code]} for code in codes}
+    """The OpenAPI `responses` of a route that can answer these error statuses.
+{%- if cookiecutter.job_store != "memory" %}
+    A route the store can fail (503) can also find it full (507).
+{%- endif %}"""
+{%- if cookiecutter.job_store != "memory" %}
+    if 503 in codes:
+        codes = (*codes, 507)
+{%- endif %}
+    responses: dict[int | str, dict[str, object]] = {}
+    for code in codes:
+        response: dict[str, object] = {"model": ErrorBody, "description": ERRORS[code]}
+        if code in RETRYABLE:
+            response["headers"] = {"Retry-After": RETRY_AFTER_HEADER}
+        responses[code] = response
+    return responses
+
+
+RETRYABLE = frozenset({503, 507})
+RETRY_AFTER_HEADER = {
+    "description": "Seconds to wait before trying again.",
+    "schema": {"type": "integer"},
+}
 
 
 ERRORS = {
@@ -170,5 +190,8 @@ ERRORS = {
     404: "No such job.",
     409: "The job is not in a status this action applies to.",
     413: "The request body is larger than MAX_BODY_BYTES.",
-    503: "The job store cannot be reached; try again later.",
+    503: "The job store cannot be reached, or did not answer in time; try again later.",
+{%- if cookiecutter.job_store != "memory" %}
+    507: "The job store's disk is full: nothing can be stored until space is freed.",
+{%- endif %}
 }

@@ -1,17 +1,20 @@
 """Liveness and overview: the probes `/` and `/health`, `/stats` and `/stats/throughput`."""
 
+import asyncio
 from datetime import timedelta
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from ..jobs.model import JobStatus
-from ..jobs.store import StoreUnavailable
+from ..jobs.store import StoreFull, StoreUnavailable
 from ..jobs.store.base import minute_of
 from .deps import EngineDep, StoreDep
 from .schemas import Health, MinuteThroughput, Stats, Throughput, error_responses
 
 CHART_MINUTES = 60
+# /health answers within a second: a probe that times out sees the process as down.
+HEALTH_STORE_TIMEOUT = 0.8
 
 # Open to anyone, always: load balancers and orchestrators probe without credentials.
 probes = APIRouter(tags=["system"])
@@ -31,12 +34,17 @@ async def root() -> str:
     responses={503: {"model": Health, "description": "Something this process needs is down."}},
 )
 async def health(store: StoreDep, engine: EngineDep) -> Health | JSONResponse:
-    """OK when the store answers and, if this process runs workers, the engine is running."""
+    """OK when the store answers and, if this process runs workers, the engine is running;
+    answered within a second whatever the store does."""
     problems = {}
     if engine is not None and not engine.is_running:
-        problems["engine"] = "not running"
+        problems["engine"] = "restarting" if engine.is_supervised else "not running"
     try:
-        await store.ping()
+        await asyncio.wait_for(store.ping(), HEALTH_STORE_TIMEOUT)
+    except TimeoutError:
+        problems["store"] = f"timed out after {HEALTH_STORE_TIMEOUT:g} s"
+    except StoreFull as exc:
+        problems["store"] = f"full: {exc}"
     except StoreUnavailable as exc:
         problems["store"] = f"unreachable: {exc}"
     if problems:

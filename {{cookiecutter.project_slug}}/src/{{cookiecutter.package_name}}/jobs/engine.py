@@ -4,10 +4,10 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from ..events import EventBus, JobCancelled, JobErrored, JobStarted, JobStopped
 from .backoff import next_attempt_at
@@ -17,12 +17,16 @@ from .model import DEFAULT_QUEUE, Job
 from .registry import Task, TaskRegistry
 from .store.base import JobStore, StoreUnavailable
 
+T = TypeVar("T")
 logger = logging.getLogger(__name__)
 
 RESTART_DELAY_MAX = 30.0
 # While the store cannot be reached the dispatcher looks again this often, however long the
 # outage: workers start again within this of the store's return.
 STORE_PROBE_INTERVAL = 0.5
+# An outcome the store could not take is tried again after this, then after twice as long,
+# up to STORE_PROBE_INTERVAL.
+OUTCOME_RETRY_FIRST = 0.05
 # What a job cancelled while its async handler ran records as that attempt's error.
 CANCELLED_BY_REQUEST = "cancelled by request"
 
@@ -72,6 +76,12 @@ class Engine:
     def is_running(self) -> bool:
         """True while the dispatcher is alive and claiming jobs."""
         return self._dispatching and self._supervisor is not None and not self._supervisor.done()
+
+    @property
+    def is_supervised(self) -> bool:
+        """True while the dispatcher's supervisor runs: a dispatcher that is not running is
+        then being restarted, or waits for the store."""
+        return self._supervisor is not None and not self._supervisor.done()
 
     @property
     def queues(self) -> dict[str, int]:
@@ -250,17 +260,20 @@ class Engine:
             # A job whose cancel was asked for ends cancelled (the store sees to that) with
             # its result or its error, whichever the handler left.
             if error is None:
-                await self._store.complete_job(job, result)
+                await self._store_outcome(job, lambda: self._store.complete_job(job, result))
                 if job.cancel_requested:
                     self._events.emit(JobCancelled(job, task.name, duration))
                 else:
                     self._events.emit(JobStopped(job, task.name, duration, result))
             elif job.cancel_requested:
-                await self._store.error_job(job, error, None)
+                failed = error
+                await self._store_outcome(job, lambda: self._store.error_job(job, failed, None))
                 self._events.emit(JobCancelled(job, task.name, duration))
             else:
-                retry_at = await self._record_failure(job, error)
-                self._events.emit(JobErrored(job, task.name, duration, error, retry_at))
+                retry_at = self._retry_at(job)
+                failed = error
+                await self._store_outcome(job, lambda: self._store.error_job(job, failed, retry_at))
+                self._events.emit(JobErrored(job, task.name, duration, failed, retry_at))
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -284,12 +297,31 @@ class Engine:
                 raise TimeoutError(f"task exceeded its timeout of {task.timeout:g}s") from None
             raise
 
-    async def _record_failure(self, job: Job, error: str) -> datetime | None:
-        """Store a failed attempt; returns when the job is retried, None if it failed for good."""
+    def _retry_at(self, job: Job) -> datetime | None:
+        """When a failed attempt is retried, None if the job has failed for good."""
         base, cap = self._backoff
-        retry_at = next_attempt_at(self._clock.now(), job.attempt, base, cap, job.max_attempts)
-        await self._store.error_job(job, error, retry_at)
-        return retry_at
+        return next_attempt_at(self._clock.now(), job.attempt, base, cap, job.max_attempts)
+
+    async def _store_outcome(self, job: Job, write: Callable[[], Awaitable[T]]) -> T:
+        """Store a job's outcome, trying again while the store cannot take it.
+
+        A job that ended during an outage (a database restart, a full disk) is recorded as
+        it ended once the store is back, rather than left running until its lease expires
+        and run a second time. Only shutdown ends the tries: past its grace period it
+        cancels them with the job's task, and the job is released or, if the store is still
+        away, left to its lease.
+        """
+        delay = OUTCOME_RETRY_FIRST
+        while True:
+            try:
+                return await write()
+            except StoreUnavailable as exc:
+                if delay == OUTCOME_RETRY_FIRST:
+                    logger.warning(
+                        "Could not store the outcome of job %d (%s); trying again", job.id, exc
+                    )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, STORE_PROBE_INTERVAL)
 
 
 class _StopIterationInHandler(Exception):

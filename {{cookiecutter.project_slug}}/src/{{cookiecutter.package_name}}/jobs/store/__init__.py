@@ -11,6 +11,7 @@ from .base import (
     MinuteOutcomes,
     QueueCounts,
     ScheduleState,
+    StoreFull,
     StoreUnavailable,
 )
 {%- if cookiecutter.job_store == "sqlite" %}
@@ -30,6 +31,7 @@ __all__ = [
     "NewJob",
     "QueueCounts",
     "ScheduleState",
+    "StoreFull",
     "StoreUnavailable",
     "make_store",
 ]

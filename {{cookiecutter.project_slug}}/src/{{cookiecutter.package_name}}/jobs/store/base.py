@@ -21,6 +21,10 @@ class StoreUnavailable(Exception):
     """The store cannot be reached or cannot do its work right now."""
 
 
+class StoreFull(StoreUnavailable):
+    """The store's disk is full: nothing more can be written until space is freed."""
+
+
 class JobConflict(Exception):
     """The job is not in a state the operation applies to; the message says why, for clients."""
 

@@ -600,16 +600,22 @@ class PostgresJobStore:
 
     @contextmanager
     def _letting_go(self, *jobs: Job) -> Iterator[None]:
-        """Stop renewing the jobs' leases once their outcome is stored, or failed to be.
+        """Stop renewing the jobs' leases once their outcome is stored, or cannot be.
 
-        An outcome that could not be stored (a dropped connection) would otherwise leave a
-        job running, its lease renewed for as long as this instance lives; let go, the lease
-        expires and any instance rescues the job, the lost attempt counted.
+        While the database cannot be reached the engine tries the outcome again, and the
+        lease is renewed meanwhile, so an outage shorter than the lease costs no second run.
+        An outcome that failed otherwise would leave the job running, its lease renewed for
+        as long as this instance lives: let go, the lease expires and any instance rescues
+        the job, the lost attempt counted.
         """
         try:
             yield
-        finally:
+        except StoreUnavailable:
+            raise
+        except BaseException:
             self._held.difference_update(job.id for job in jobs)
+            raise
+        self._held.difference_update(job.id for job in jobs)
 
     async def cancel_job(self, job_id: int) -> Job | None:
         while True:

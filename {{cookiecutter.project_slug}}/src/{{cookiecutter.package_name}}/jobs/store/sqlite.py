@@ -41,6 +41,7 @@ from .base import (
     MinuteOutcomes,
     QueueCounts,
     ScheduleState,
+    StoreFull,
     StoreUnavailable,
     minute_of,
 )
@@ -55,6 +56,10 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_INTERVAL = WRITE_INTERVAL
 # Seconds a write waits for another process to release the file's write lock.
 LOCK_TIMEOUT = 10.0
+# After a write failed for want of space, the store counts as full until a write succeeds
+# or the file's filesystem has this much free again.
+SPACE_WANTED = 4 * 1024 * 1024
+DISK_FULL = "no space left on device"
 Row = tuple[Any, ...]
 WriteBatch = Callable[[sqlite3.Connection, list[Any]], list[Any]]
 
@@ -324,6 +329,8 @@ class SqliteJobStore:
         self._checkpointer: asyncio.Task[None]
         # The open file whose lock makes this the process that runs workers, once it is.
         self._workers_lock: int | None = None
+        # Since when writes fail for want of disk space; None while they do not.
+        self._full_since: float | None = None
 
     async def open(self) -> None:
         await asyncio.to_thread(self._migrate)
@@ -358,6 +365,8 @@ class SqliteJobStore:
 
     async def ping(self) -> None:
         await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
+        if self._full_since is not None and self._free_space() < SPACE_WANTED:
+            raise StoreFull(DISK_FULL)
 
     def subscribe(self, on_new_jobs: Callable[[], None]) -> None:
         self._listeners.append(on_new_jobs)
@@ -651,17 +660,42 @@ class SqliteJobStore:
         checkpoint, happens off this thread or without holding it.
         """
         conn = self._write_connection
-        with _store_errors():
-            await _begin(conn)
-            try:
-                results = {
-                    batch: cast(WriteBatch, batch)(conn, items) for batch, items in group.items()
-                }
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return results
+        changes_before = conn.total_changes
+        try:
+            with _store_errors():
+                await _begin(conn)
+                try:
+                    results = {
+                        batch: cast(WriteBatch, batch)(conn, items)
+                        for batch, items in group.items()
+                    }
+                    conn.execute("COMMIT")
+                except BaseException:
+                    # SQLite may have rolled back already (a full disk at COMMIT, say).
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+        except StoreFull:
+            if self._full_since is None:
+                self._full_since = time.monotonic()
+                logger.error("Job store is full: %s; writes fail until space is freed", DISK_FULL)
+            raise
+        if self._full_since is not None and conn.total_changes > changes_before:
+            logger.warning(
+                "Job store writes again after %.0f s of a full disk",
+                time.monotonic() - self._full_since,
+            )
+            self._full_since = None
+        return results
+
+    def _free_space(self) -> int:
+        """Bytes free for this process on the filesystem of the database file."""
+        directory = os.path.dirname(os.path.abspath(str(self._engine.url.database)))
+        try:
+            stats = os.statvfs(directory)
+        except OSError:
+            return 0
+        return stats.f_bavail * stats.f_frsize
 
     async def _write_outcomes(self) -> None:
         """Add the outcomes counted since the last time to job_outcomes; forget old ones."""
@@ -683,12 +717,16 @@ class SqliteJobStore:
             await asyncio.sleep(CHECKPOINT_INTERVAL)
             try:
                 await self._write_outcomes()
+            except StoreFull:
+                pass  # said once, when the disk filled
             except StoreUnavailable as exc:
                 logger.warning("Could not write the outcomes counted, will retry: %s", exc)
             if self._writer.commits != checkpointed_at:
                 checkpointed_at = self._writer.commits
                 try:
                     await self._checkpoint()
+                except StoreFull:
+                    pass
                 except StoreUnavailable as exc:
                     logger.warning("WAL checkpoint failed, will retry: %s", exc)
 
@@ -1083,4 +1121,7 @@ def _store_errors() -> Iterator[None]:
     try:
         yield
     except (sqlite3.Error, DBAPIError) as exc:
+        error = exc.orig if isinstance(exc, DBAPIError) else exc
+        if getattr(error, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            raise StoreFull(DISK_FULL) from exc
         raise StoreUnavailable(str(exc)) from exc
