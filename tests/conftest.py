@@ -37,6 +37,8 @@ def expected_seconds(item: pytest.Item) -> float:
     return SLOW_TEST_SECONDS.get(item.originalname, 0)
 
 
+# Last: after -k and -m have deselected what they do.
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist, the slowest tests first, dealt to the workers in turn.
 
@@ -49,7 +51,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if not workers:
         return
     ranked = sorted(items, key=expected_seconds, reverse=True)
-    items[:] = [item for first in range(workers) for item in ranked[first::workers]]
+    # The scheduler's runs are len(items) // workers long, the last ones one longer when
+    # that does not divide; the hands dealt first are the longer ones, so they go last.
+    hands = [ranked[first::workers] for first in range(workers)]
+    items[:] = [item for hand in reversed(hands) for item in hand]
 
 
 @pytest.fixture(scope="session")
