@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -31,6 +32,7 @@ from sqlmodel import SQLModel
 from {{ cookiecutter.package_name }}.app import create_app
 from {{ cookiecutter.package_name }}.jobs import retention
 from {{ cookiecutter.package_name }}.jobs.model import DEFAULT_QUEUE, Job, JobStatus, NewJob
+from {{ cookiecutter.package_name }}.jobs.registry import TaskRegistry
 from {{ cookiecutter.package_name }}.jobs.store import JobFilter, JobStore, make_store
 from {{ cookiecutter.package_name }}.jobs.store import postgres_migrations as migrations
 from {{ cookiecutter.package_name }}.jobs.store.postgres import (
@@ -809,6 +811,28 @@ class PrivateServer:
     def stop(self) -> None:
         self._run("pg_ctl", "-D", str(self.directory / "data"), "-m", "fast", "-w", "stop")
 
+    def restart(self) -> None:
+        """Stop (fast: sessions are ended) and start again, as `pg_ctl restart -m fast`."""
+        self.stop()
+        self.start()
+
+    def freeze(self) -> None:
+        """Stop every process of the server, connections left open: a stalled disk or a
+        network partition, as clients see it."""
+        self._signal_all(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        self._signal_all(signal.SIGCONT)
+
+    def _signal_all(self, number: signal.Signals) -> None:
+        postmaster = int((self.directory / "data" / "postmaster.pid").read_text().split()[0])
+        children = subprocess.run(
+            ["pgrep", "-P", str(postmaster)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        for pid in [postmaster, *map(int, children)]:
+            with suppress(ProcessLookupError):
+                os.kill(pid, number)
+
     def remove(self) -> None:
         with suppress(subprocess.CalledProcessError):
             self.stop()
@@ -873,6 +897,77 @@ async def test_workers_and_health_are_back_within_seconds_of_a_long_outage(
 
         await wait_until(accept, timeout=2, message="a job accepted again")
         await wait_until(lambda: job_done(client, accepted[0]), timeout=2, message="it to run")
+
+
+async def test_a_frozen_database_costs_a_503_within_its_timeout_and_health_a_second(
+    private_server: PrivateServer, make_settings: SettingsFactory
+) -> None:
+    settings = make_settings(database_url=private_server.url, database_timeout=1)
+    async with serve(create_app(settings)) as client:
+        first = await client.post("/jobs", json={"payload": {"n": 1}})
+        await wait_until(lambda: job_done(client, first.json()["job_id"]), message="a job")
+
+        private_server.freeze()
+        try:
+            # The client gives up after 5 s: a request that waited for the server would fail.
+            refused = await client.post("/jobs", json={"payload": {"n": 2}}, timeout=5)
+            health = await client.get("/health", timeout=5)
+        finally:
+            private_server.thaw()
+
+        assert refused.status_code == 503, refused.text
+        assert refused.json() == {"error": "Job store unavailable"}
+        assert refused.headers["retry-after"] == "1"
+        assert health.status_code == 503
+        assert health.json()["store"] == "timed out after 0.8 s"
+        await wait_until(lambda: health_is(client, 200), timeout=2, message="/health OK again")
+        accepted: list[int] = []
+
+        async def accept() -> bool:
+            response = await client.post("/jobs", json={"payload": {"n": 3}})
+            if response.status_code == 202:
+                accepted.append(response.json()["job_id"])
+            return bool(accepted)
+
+        await wait_until(accept, timeout=2, message="a job accepted again")
+        await wait_until(lambda: job_done(client, accepted[0]), timeout=2, message="it to run")
+
+
+async def test_jobs_that_finish_while_the_database_restarts_are_stored_done_and_run_once(
+    private_server: PrivateServer, make_settings: SettingsFactory
+) -> None:
+    release = asyncio.Event()
+    started: list[int] = []
+    registry = TaskRegistry()
+
+    @registry.task("hold")
+    async def hold(job: Job) -> int:
+        started.append(job.id)
+        await release.wait()
+        return job.id
+
+    settings = make_settings(database_url=private_server.url)
+    async with serve(create_app(settings, registry=registry)) as client:
+        submitted = [
+            (await client.post("/jobs", json={"payload": {"task": "hold"}})).json()["job_id"]
+            for _ in range(2)
+        ]
+        await wait_until(lambda: len(started) == 2, message="both jobs to start")
+
+        await asyncio.to_thread(private_server.stop)
+        release.set()  # their outcomes cannot be stored now
+        await asyncio.sleep(1)
+        await asyncio.to_thread(private_server.start)
+
+        # Well within the 30 s lease that would otherwise bring them back to run again.
+        async def all_done() -> bool:
+            return all([await job_done(client, job_id) for job_id in submitted])
+
+        await wait_until(all_done, timeout=10, message="both stored done")
+        for job_id in submitted:
+            job = (await client.get(f"/jobs/{job_id}")).json()
+            assert (job["attempt"], job["result"]) == (1, job_id)
+        assert sorted(started) == sorted(submitted)
 
 
 async def health_is(client: httpx.AsyncClient, status_code: int) -> bool:

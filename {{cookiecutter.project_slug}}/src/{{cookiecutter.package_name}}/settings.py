@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     database_url: str
     # How long start-up keeps trying to reach the database before it gives up.
     database_connect_timeout: Annotated[float, Field(ge=0)] = 30.0
+    # No connection, statement or wait for a pooled connection takes longer than this: past
+    # it a request answers 503, and workers try again.
+    database_timeout: Annotated[float, Field(gt=0, le=600)] = 5.0
     # LISTEN/NOTIFY wakes idle workers on every instance at once; turn it off where NOTIFY
     # does not work (PgBouncer in transaction mode): workers then poll every POLL_INTERVAL.
     database_notify: bool = True

@@ -39,17 +39,27 @@ async def health(store: StoreDep, engine: EngineDep) -> Health | JSONResponse:
     problems = {}
     if engine is not None and not engine.is_running:
         problems["engine"] = "restarting" if engine.is_supervised else "not running"
-    try:
-        await asyncio.wait_for(store.ping(), HEALTH_STORE_TIMEOUT)
-    except TimeoutError:
+    # Not wait_for: a cancelled ping may itself wait for the store while it cleans up.
+    ping = asyncio.ensure_future(store.ping())
+    await asyncio.wait({ping}, timeout=HEALTH_STORE_TIMEOUT)
+    if not ping.done():
+        ping.add_done_callback(_forget)
         problems["store"] = f"timed out after {HEALTH_STORE_TIMEOUT:g} s"
-    except StoreFull as exc:
-        problems["store"] = f"full: {exc}"
-    except StoreUnavailable as exc:
-        problems["store"] = f"unreachable: {exc}"
+    elif isinstance(error := ping.exception(), StoreFull):
+        problems["store"] = f"full: {error}"
+    elif isinstance(error, StoreUnavailable):
+        problems["store"] = f"unreachable: {error}"
+    elif error is not None:
+        raise error
     if problems:
         return JSONResponse({"status": "DEGRADED", **problems}, status_code=503)
     return Health(status="OK")
+
+
+def _forget(ping: "asyncio.Future[None]") -> None:
+    """Take a late ping's outcome, so that asyncio does not log it as never retrieved."""
+    if not ping.cancelled():
+        ping.exception()
 
 
 @router.get("/stats", responses=error_responses(503))

@@ -50,6 +50,7 @@ def make_store(settings: Settings, clock: Clock) -> JobStore:
         notify=settings.database_notify,
         lease_seconds=settings.job_lease_seconds,
         connect_timeout=settings.database_connect_timeout,
+        timeout=settings.database_timeout,
         priority_aging_seconds=settings.priority_aging_seconds,
         lost_limit=settings.job_lost_limit,
     )

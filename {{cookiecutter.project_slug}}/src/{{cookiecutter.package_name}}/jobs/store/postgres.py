@@ -53,6 +53,7 @@ from .base import (
     MinuteOutcomes,
     QueueCounts,
     ScheduleState,
+    StoreFull,
     StoreUnavailable,
     minute_of,
 )
@@ -75,8 +76,14 @@ CANCEL_CHANNEL = "jobs_cancelled"
 Batch = Callable[[asyncpg.Connection, list[Any]], Awaitable[list[Any]]]
 # What reaching the database can raise: refused or dropped connections, server errors.
 CONNECTION_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
-# Of those, the ones that mean the connection itself is lost, not that a statement failed.
-LOST_CONNECTION = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError)
+# Of those, the ones that mean the database cannot do the work now, not that a statement was
+# wrong: the connection lost, or the server shutting down or cancelling statements.
+LOST_CONNECTION = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.OperatorInterventionError,
+)
 
 COLUMNS = ", ".join(JOB_COLUMNS)
 # The same, where another table's columns could have the same names.
@@ -441,6 +448,7 @@ class PostgresJobStore:
         notify: bool = True,
         lease_seconds: float = 30.0,
         connect_timeout: float = 30.0,
+        timeout: float = 5.0,
         priority_aging_seconds: float = 300.0,
         lost_limit: int = 3,
     ) -> None:
@@ -450,6 +458,8 @@ class PostgresJobStore:
         self._notify = notify
         self._lease = timedelta(seconds=lease_seconds)
         self._connect_timeout = connect_timeout
+        # No statement, connection or wait for one takes longer than this.
+        self._timeout = timeout
         self._aging = timedelta(seconds=priority_aging_seconds)
         # How long after becoming due a job of the lowest priority stands in line.
         self._longest_wait = MAX_PRIORITY * self._aging
@@ -468,8 +478,8 @@ class PostgresJobStore:
         self._writer = GroupCommitter(self._commit)
         self._pool: asyncpg.Pool | None = None
         # Each group committer commits one group at a time, always on the same connection.
-        self._insert_connection = _HeldConnection(self._open_pool)
-        self._writer_connection = _HeldConnection(self._open_pool)
+        self._insert_connection = _HeldConnection(self._open_pool, timeout)
+        self._writer_connection = _HeldConnection(self._open_pool, timeout)
         self._notifications: asyncpg.Connection | None = None
         # The schema the listening connection works in, as cancel notices name it.
         self._schema = ""
@@ -924,9 +934,11 @@ class PostgresJobStore:
                     apply: Batch = batch  # type: ignore[assignment]
                     results[batch] = await apply(conn, items)
                 await conn.execute("COMMIT")
-            except BaseException:
-                # asyncpg would roll back on release too, but reports it as an error.
-                if not conn.is_closed() and conn.is_in_transaction():
+            except BaseException as exc:
+                # asyncpg would roll back on release too, but reports it as an error. A server
+                # that did not answer in time is not asked again: the connection is dropped.
+                in_transaction = not conn.is_closed() and conn.is_in_transaction()
+                if in_transaction and not isinstance(exc, TimeoutError):
                     with suppress(*CONNECTION_ERRORS):
                         await conn.execute("ROLLBACK")
                 raise
@@ -991,7 +1003,7 @@ class PostgresJobStore:
 
     async def _hold_instance_lock(self) -> None:
         """Take this instance's liveness lock, on a connection of its own, and register it."""
-        conn = await asyncpg.connect(self._dsn)
+        conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
         try:
             while not await conn.fetchval(HOLD_INSTANCE_LOCK, self._instance):
                 # A live instance's id hashes to the same key: take another id.
@@ -1028,7 +1040,7 @@ class PostgresJobStore:
             await postgres_migrations.upgrade(self._dsn)
 
     async def _listen(self) -> None:
-        conn = await asyncpg.connect(self._dsn)
+        conn = await asyncpg.connect(self._dsn, timeout=self._timeout)
         conn.add_termination_listener(self._on_listener_lost)
         self._schema = await conn.fetchval("SELECT current_schema()")
         await conn.add_listener(NOTIFY_CHANNEL, self._on_notification)
@@ -1077,7 +1089,7 @@ class PostgresJobStore:
             await conn.execute(query, *args)
 
     def _connection(self) -> "_PooledConnection":
-        return _PooledConnection(self._open_pool())
+        return _PooledConnection(self._open_pool(), self._timeout)
 
     def _open_pool(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -1094,6 +1106,10 @@ class PostgresJobStore:
                     self._dsn,
                     min_size=2,
                     max_size=10,
+                    # A connection, and each statement, gives up after this: a stalled
+                    # server or network fails requests (503) instead of holding them.
+                    timeout=self._timeout,
+                    command_timeout=self._timeout,
                     init=_set_up_connection,
                     reset=_keep_session,
                 )
@@ -1167,24 +1183,43 @@ def _claims(limits: Mapping[str, int]) -> Iterator[tuple[str, str | list[str], i
             yield CLAIM_FROM_QUEUE, queue, limit
 
 
+def _store_error(error: BaseException | None, timeout: float) -> StoreUnavailable | None:
+    """What a failure on a connection means to the store's callers; None when it is the
+    statement's own (a unique key taken, say), for the caller to handle."""
+    if isinstance(error, TimeoutError):
+        return StoreUnavailable(f"the database did not answer within {timeout:g} s")
+    if isinstance(error, asyncpg.DiskFullError):
+        return StoreFull(f"no space left on device ({error})")
+    if isinstance(error, LOST_CONNECTION):
+        return StoreUnavailable(str(error))
+    return None
+
+
 class _PooledConnection:
     """A pool connection whose connection errors surface as StoreUnavailable."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
-        self._acquiring = pool.acquire()
+    def __init__(self, pool: asyncpg.Pool, timeout: float) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._conn: asyncpg.Connection | None = None
 
     async def __aenter__(self) -> asyncpg.Connection:
         try:
-            conn: asyncpg.Connection = await self._acquiring.__aenter__()
-        except CONNECTION_ERRORS as exc:
-            raise StoreUnavailable(str(exc)) from exc
-        return conn
+            self._conn = await self._pool.acquire(timeout=self._timeout)
+        except (*CONNECTION_ERRORS, TimeoutError) as exc:
+            raise _store_error(exc, self._timeout) or StoreUnavailable(str(exc)) from exc
+        return self._conn
 
     async def __aexit__(self, *exc_info: Any) -> None:
-        await self._acquiring.__aexit__(*exc_info)
+        conn, self._conn = self._conn, None
         error = exc_info[1]
-        if isinstance(error, LOST_CONNECTION):
-            raise StoreUnavailable(str(error)) from error
+        if conn is not None:
+            if isinstance(error, TimeoutError):
+                # Its server did not answer: a reset would wait for it too.
+                conn.terminate()
+            await self._pool.release(conn)
+        if (store_error := _store_error(error, self._timeout)) is not None:
+            raise store_error from error
 
 
 class _HeldConnection:
@@ -1196,25 +1231,29 @@ class _HeldConnection:
     and the next use takes another.
     """
 
-    def __init__(self, pool: Callable[[], asyncpg.Pool]) -> None:
+    def __init__(self, pool: Callable[[], asyncpg.Pool], timeout: float) -> None:
         self._pool = pool
+        self._timeout = timeout
         self._conn: asyncpg.Connection | None = None
 
     async def __aenter__(self) -> asyncpg.Connection:
         if self._conn is None:
             try:
-                self._conn = await self._pool().acquire()
-            except CONNECTION_ERRORS as exc:
-                raise StoreUnavailable(str(exc)) from exc
+                self._conn = await self._pool().acquire(timeout=self._timeout)
+            except (*CONNECTION_ERRORS, TimeoutError) as exc:
+                raise _store_error(exc, self._timeout) or StoreUnavailable(str(exc)) from exc
         return self._conn
 
     async def __aexit__(self, *exc_info: Any) -> None:
         error = exc_info[1]
         if error is None:
             return
+        if isinstance(error, TimeoutError) and self._conn is not None:
+            # Its server did not answer: a reset would wait for it too.
+            self._conn.terminate()
         await self.release()
-        if isinstance(error, LOST_CONNECTION):
-            raise StoreUnavailable(str(error)) from error
+        if (store_error := _store_error(error, self._timeout)) is not None:
+            raise store_error from error
 
     async def release(self) -> None:
         """Give the connection back to the pool, if one is held."""
