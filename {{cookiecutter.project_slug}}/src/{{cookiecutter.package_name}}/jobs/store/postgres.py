@@ -121,11 +121,12 @@ INSERTED_VALUES = (
 )
 # NOTIFYs with the same payload in one transaction are delivered once.
 NOTIFY_NEW_JOBS = f"CASE WHEN $2 THEN pg_notify('{NOTIFY_CHANNEL}', '') END"
-# The ids come back as one array. The id sequence hands out ids in the order the rows are
-# read, so ordered ids are the callers' order.
+# The jobs an insert created, counted per queue: not the rows a unique key turned away.
 COUNT_INSERTED = (
     f" counted AS ({COUNTED} SELECT queue, 'queued', NULL, count(*) FROM inserted GROUP BY queue)"
 )
+# The ids come back as one array. The id sequence hands out ids in the order the rows are
+# read, so ordered ids are the callers' order.
 INSERT_JOBS = (
     f"WITH inserted AS (INSERT INTO jobs ({INSERTED_COLUMNS}) SELECT {INSERTED_VALUES}"
     f" FROM {NEW_ROWS} RETURNING id, queue), {COUNT_INSERTED}"
@@ -852,7 +853,9 @@ class PostgresJobStore:
             await asyncio.sleep(FOLD_INTERVAL)
             try:
                 await self._execute(FOLD_MANY_COUNTS)
-            except (StoreUnavailable, *CONNECTION_ERRORS) as exc:
+            except StoreUnavailable:
+                pass  # an outage, which the lease keeper and the instance watcher report
+            except CONNECTION_ERRORS as exc:
                 # Counts stay exact unfolded; only reading them grows slower meanwhile.
                 logger.warning("Could not fold the job counts: %s", exc)
 
