@@ -36,6 +36,8 @@ from {{ cookiecutter.package_name }}.jobs.store import postgres_migrations as mi
 from {{ cookiecutter.package_name }}.jobs.store.postgres import (
     CANCEL_CHANNEL,
     FOLD_COUNTS,
+    FOLD_MANY_COUNTS,
+    FOLD_ROWS,
     LOST_LEASE_EXPIRED,
     RETENTION_LOCK,
     SCHEMA_LOCK,
@@ -845,6 +847,33 @@ async def test_counts_stay_exact_through_every_change_of_status(
     await step()
     # Queued jobs are left, whose counts were compared all along.
     assert set(await counts_in_the_jobs_table(settings)) == {DEFAULT_QUEUE, "emails"}
+
+
+async def test_the_store_folds_the_appended_counts_once_there_are_many(
+    store: JobStore, settings: Settings
+) -> None:
+    await store.insert_all_jobs([new_job(0)])
+    # Claims and outcomes in pairs, as many statements would append them, which cancel out.
+    append = (
+        "INSERT INTO job_counts (queue, status, left_status, n) SELECT 'default',"
+        " CASE WHEN i % 2 = 1 THEN 'running' ELSE 'queued' END,"
+        " CASE WHEN i % 2 = 1 THEN 'queued' ELSE 'running' END, 1"
+        " FROM generate_series(1, $1) AS i"
+    )
+    rows = "SELECT count(*) FROM job_counts"
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(append, FOLD_ROWS - 2)
+
+        await conn.execute(FOLD_MANY_COUNTS)
+        assert await conn.fetchval(rows) == FOLD_ROWS - 1
+
+        await conn.execute(append, 2)
+        await conn.execute(FOLD_MANY_COUNTS)
+        assert await conn.fetchval(rows) == 1
+    finally:
+        await conn.close()
+    assert await counts(store) == {"queued": 1}
 
 
 # --- Retention: one instance deletes at a time, and the counts follow.
