@@ -38,6 +38,8 @@ from {{ cookiecutter.package_name }}.jobs.store import postgres_migrations as mi
 from {{ cookiecutter.package_name }}.jobs.store.postgres import (
     CANCEL_CHANNEL,
     FOLD_COUNTS,
+    FOLD_MANY_COUNTS,
+    FOLD_ROWS,
     LOST_LEASE_EXPIRED,
     RETENTION_LOCK,
     SCHEMA_LOCK,
@@ -330,7 +332,7 @@ async def test_the_migrations_land_in_the_schema_the_url_names(
         ]
     ]
     versions = await sql(settings, "SELECT array_agg(version_num) FROM alembic_version")
-    assert set(versions[0]) == migrations.head_revisions() == {"0006"}
+    assert set(versions[0]) == migrations.head_revisions() == {"0007"}
 
 
 async def test_finished_jobs_from_before_the_counts_table_are_counted_once_it_is_made(
@@ -733,7 +735,156 @@ async def test_counts_per_queue_follow_cancels_and_retries_through_folding(
     assert await counts(store) == {"queued": 3, "done": 1}
     await sql(settings, FOLD_COUNTS)
     assert await counts(store) == {"queued": 3, "done": 1}
-    assert await sql(settings, "SELECT count(*) FROM job_counts") == [1]
+    # One row per queue and status left, none for the counts back at zero.
+    assert await sql(settings, "SELECT count(*) FROM job_counts") == [3]
+
+
+async def counts_in_the_jobs_table(settings: Settings) -> dict[str, dict[JobStatus, int]]:
+    """Per queue, per status: the jobs there are, counted one by one."""
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        rows = await conn.fetch("SELECT queue, status, count(*) FROM jobs GROUP BY queue, status")
+    finally:
+        await conn.close()
+    counted: dict[str, dict[JobStatus, int]] = {}
+    for queue, status, n in rows:
+        counted.setdefault(queue, {})[JobStatus(status)] = n
+    return counted
+
+
+async def assert_counts_are_the_jobs_tables(store: JobStore, settings: Settings) -> None:
+    """count_jobs and list_queues say what counting the jobs table says, status by status."""
+    expected = await counts_in_the_jobs_table(settings)
+    queues = {
+        queue.name: {status: n for status, n in queue.counts.items() if n}
+        for queue in await store.list_queues()
+    }
+    assert {name: queue for name, queue in queues.items() if queue} == expected
+    totals = dict.fromkeys(JobStatus, 0)
+    for queue_counts in expected.values():
+        for status, n in queue_counts.items():
+            totals[status] += n
+    assert await store.count_jobs() == totals
+
+
+async def test_counts_stay_exact_through_every_change_of_status(
+    store: JobStore, open_store: StoreOpener, settings: Settings, clock: ManualClock
+) -> None:
+    # Each step is a statement that changes statuses; a step whose count went missing or
+    # was kept twice shows here, and in the jobs table, as the queue and status it left.
+    async def step() -> None:
+        await assert_counts_are_the_jobs_tables(store, settings)
+
+    # Inserts: in bulk (two of them with one key, so one is created), alone, and a key
+    # already held.
+    await store.insert_all_jobs(
+        [new_job(n, queue="emails" if n % 2 else DEFAULT_QUEUE) for n in range(8)]
+        + [new_job(8, unique_key="k"), new_job(9, unique_key="k")]
+    )
+    await store.insert_job(new_job(10, queue="emails", max_attempts=1))
+    await store.insert_job(new_job(11, unique_key="k"))
+    await step()
+    # A schedule's tick, and the same tick again: one job.
+    tick = clock.now()
+    await store.enqueue_tick("nightly", tick, new_job(12, queue="reports"))
+    await store.enqueue_tick("nightly", tick, new_job(13, queue="reports"))
+    await step()
+
+    # Claims from a named queue and from the rest.
+    running = await store.fetch_jobs({DEFAULT_QUEUE: 4, "emails": 3})
+    assert len(running) == 7
+    await step()
+    done, cancelled, retried, failed, released, cancelled_released, *rest = running
+    await store.complete_job(done, {"ok": True})
+    await step()
+    await store.cancel_job(cancelled.id)  # running: asked to stop, still running
+    await step()
+    await store.complete_job(cancelled, None)
+    await step()
+    await store.error_job(retried, "again", clock.now())
+    await store.error_job(failed, "give up", None)
+    await step()
+    await store.cancel_job(cancelled_released.id)
+    await store.release_jobs([released, cancelled_released])
+    await step()
+    await sql(settings, FOLD_COUNTS)
+    await step()
+
+    # Rescues: a lease that expired (requeued, failed on its last attempt, cancelled), and
+    # an instance that died. An outcome its instance stores too late changes nothing.
+    (late,) = rest
+    expiring = await store.fetch_jobs({DEFAULT_QUEUE: 2, "emails": 3})
+    await store.cancel_job(expiring[0].id)
+    await sql(settings, "UPDATE jobs SET lease_expires_at = now() - interval '1 second'")
+    other = await open_store(clock)
+    assert await other.rescue_orphaned_jobs() == 1 + len(expiring)
+    await step()
+    rescued = {(await stored(other, job.id)).status for job in expiring}
+    assert rescued == {QUEUED, FAILED, CANCELLED}
+    await store.complete_job(late, None)
+    await step()
+    lost = await store.fetch_jobs({DEFAULT_QUEUE: 2, "emails": 2, "reports": 1})
+    assert lost
+    await sql(
+        settings,
+        "INSERT INTO instances (id, started_at) VALUES ('gone:1:dead', now())",
+        "UPDATE jobs SET locked_by = 'gone:1:dead' WHERE status = 'running'",
+    )
+    assert await other.rescue_orphaned_jobs() == len(lost)
+    await step()
+
+    # Cancel of a queued job, retries of a failed and a cancelled one.
+    queued = await store.list_jobs(JobFilter(status=QUEUED), 1, 0)
+    await store.cancel_job(queued[0].id)
+    await step()
+    await store.retry_job(failed.id)
+    await store.retry_job(cancelled.id)
+    await step()
+    # Bulk: every queued job of a queue cancelled, a running one asked to stop, and the
+    # failed and cancelled jobs retried, in rounds of 2.
+    while await store.cancel_jobs(JobFilter(queue="emails"), clock.now(), 2):
+        await step()
+    while await store.retry_jobs(JobFilter(), clock.now(), 2):
+        await step()
+
+    # Retention deletes finished jobs of every status.
+    clock.advance(LEASE)
+    for status in (DONE, FAILED, CANCELLED):
+        await store.delete_finished_jobs(status, clock.now(), 100)
+        await step()
+    await sql(settings, FOLD_COUNTS)
+    await step()
+    # Queued jobs are left (the bulk retry queued the reports queue's too), whose counts
+    # were compared all along.
+    left = await counts_in_the_jobs_table(settings)
+    assert set(left) == {DEFAULT_QUEUE, "emails", "reports"}
+
+
+async def test_the_store_folds_the_appended_counts_once_there_are_many(
+    store: JobStore, settings: Settings
+) -> None:
+    await store.insert_all_jobs([new_job(0)])
+    # Claims and outcomes in pairs, as many statements would append them, which cancel out.
+    append = (
+        "INSERT INTO job_counts (queue, status, left_status, n) SELECT 'default',"
+        " CASE WHEN i % 2 = 1 THEN 'running' ELSE 'queued' END,"
+        " CASE WHEN i % 2 = 1 THEN 'queued' ELSE 'running' END, 1"
+        " FROM generate_series(1, $1) AS i"
+    )
+    rows = "SELECT count(*) FROM job_counts"
+    conn = await asyncpg.connect(settings.database_url)
+    try:
+        await conn.execute(append, FOLD_ROWS - 2)
+
+        await conn.execute(FOLD_MANY_COUNTS)
+        assert await conn.fetchval(rows) == FOLD_ROWS - 1
+
+        await conn.execute(append, 2)
+        await conn.execute(FOLD_MANY_COUNTS)
+        assert await conn.fetchval(rows) == 1
+    finally:
+        await conn.close()
+    assert await counts(store) == {"queued": 1}
 
 
 # --- Retention: one instance deletes at a time, and the counts follow.
