@@ -32,7 +32,7 @@ from {{ cookiecutter.package_name }}.jobs.store import (
 from {{ cookiecutter.package_name }}.jobs.store import sqlite as sqlite_store
 from {{ cookiecutter.package_name }}.settings import Settings
 
-from .conftest import START, ManualClock, StoreOpener, enqueue, serve
+from .conftest import START, ManualClock, SettingsFactory, StoreOpener, enqueue, serve
 
 
 class WriteLockHolder(threading.Thread):
@@ -88,10 +88,10 @@ async def test_health_answers_while_another_connection_holds_the_write_lock(
 
 
 async def test_a_write_lock_held_past_the_timeout_is_a_503_not_a_hang(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch
+    make_settings: SettingsFactory,
 ) -> None:
     # Shorter than the lock is held: the insert gives up, and says so.
-    monkeypatch.setattr(sqlite_store, "LOCK_TIMEOUT", 0.2)
+    settings = make_settings(database_timeout=0.2)
     app = create_app(settings)
     async with serve(app) as client:
         await app.state.engine.stop(0)

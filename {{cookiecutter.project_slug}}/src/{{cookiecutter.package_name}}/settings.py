@@ -49,6 +49,9 @@ class Settings(BaseSettings):
 {%- if cookiecutter.job_store == "sqlite" %}
     # Where the SQLite file lives; relative paths are relative to the working directory.
     database_url: str = "sqlite:///./jobs.db"
+    # How long a write waits for another process's lock on the file: past it a request
+    # answers 503, and workers try again.
+    database_timeout: Annotated[float, Field(gt=0, le=600)] = 5.0
 {%- elif cookiecutter.job_store == "postgres" %}
     # postgresql://user:password@host:5432/dbname; every instance of the service shares it.
     database_url: str

@@ -41,7 +41,10 @@ def make_store(settings: Settings, clock: Clock) -> JobStore:
     """The job store the settings describe."""
 {%- if cookiecutter.job_store == "sqlite" %}
     return SqliteJobStore(
-        settings.database_url, clock, priority_aging_seconds=settings.priority_aging_seconds
+        settings.database_url,
+        clock,
+        priority_aging_seconds=settings.priority_aging_seconds,
+        timeout=settings.database_timeout,
     )
 {%- elif cookiecutter.job_store == "postgres" %}
     return PostgresJobStore(

@@ -54,8 +54,9 @@ logger = logging.getLogger(__name__)
 # Seconds between checkpoints of the write-ahead log (when anything was written), and
 # between writes of the outcomes counted.
 CHECKPOINT_INTERVAL = WRITE_INTERVAL
-# Seconds a write waits for another process to release the file's write lock.
-LOCK_TIMEOUT = 10.0
+# Seconds a write waits for another process to release the file's write lock, unless the
+# store is given DATABASE_TIMEOUT.
+DEFAULT_TIMEOUT = 5.0
 # After a write failed for want of space, the store counts as full until a write succeeds
 # or the file's filesystem has this much free again.
 SPACE_WANTED = 4 * 1024 * 1024
@@ -314,13 +315,20 @@ class SqliteJobStore:
     `rescue_orphaned_jobs`), any number may serve the API."""
 
     def __init__(
-        self, database_url: str, clock: Clock, *, priority_aging_seconds: float = 300.0
+        self,
+        database_url: str,
+        clock: Clock,
+        *,
+        priority_aging_seconds: float = 300.0,
+        timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self._clock = clock
+        # How long a write waits for another process's write lock before it fails.
+        self._timeout = timeout
         self._aging = timedelta(seconds=priority_aging_seconds)
         self._listeners: list[Callable[[], None]] = []
         self._cancel_listeners: list[Callable[[int], None]] = []
-        self._engine = open_engine(database_url)
+        self._engine = open_engine(database_url, timeout)
         self._writer = GroupCommitter(self._commit)
         self._outcomes = OutcomeTally()
         # The one connection that writes (pooled, and its sqlite3 connection), opened by open().
@@ -663,7 +671,7 @@ class SqliteJobStore:
         changes_before = conn.total_changes
         try:
             with _store_errors():
-                await _begin(conn)
+                await _begin(conn, self._timeout)
                 try:
                     results = {
                         batch: cast(WriteBatch, batch)(conn, items)
@@ -753,13 +761,13 @@ class SqliteJobStore:
                 sqlite_migrations.upgrade(connection)
 
 
-async def _begin(conn: sqlite3.Connection) -> None:
+async def _begin(conn: sqlite3.Connection, timeout: float) -> None:
     """Take the write lock (BEGIN IMMEDIATE), waiting without blocking the event loop.
 
     Another process using the same file may hold the lock; IMMEDIATE takes it up front, so
     a transaction never fails half-way for want of it.
     """
-    deadline = time.monotonic() + LOCK_TIMEOUT
+    deadline = time.monotonic() + timeout
     delay = 0.001
     while True:
         try:
@@ -1071,18 +1079,19 @@ def _job_from_row(row: Row) -> Job:
     return Job.model_validate(fields)
 
 
-def open_engine(database_url: str) -> Engine:
-    """An engine on the file whose connections are set up as the store needs them."""
+def open_engine(database_url: str, timeout: float = DEFAULT_TIMEOUT) -> Engine:
+    """An engine on the file whose connections are set up as the store needs them: a write
+    waits up to `timeout` seconds for another process's write lock."""
     engine = create_engine(database_url, pool_size=5, max_overflow=10)
 
     @event.listens_for(engine, "connect")
     def configure(connection: sqlite3.Connection, _record: object) -> None:
         # Transactions begin where this module says, not where the sqlite3 module guesses.
         connection.isolation_level = None
-        connection.execute(f"PRAGMA busy_timeout = {int(LOCK_TIMEOUT * 1000)}")
+        connection.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
         # WAL lets readers work beside the writer; NORMAL syncs at checkpoints, which keeps
         # every committed job through a crash of this process (not of the machine's power).
-        _use_wal(connection)
+        _use_wal(connection, timeout)
         connection.execute("PRAGMA synchronous = NORMAL")
 
     @event.listens_for(engine, "begin")
@@ -1092,11 +1101,11 @@ def open_engine(database_url: str) -> Engine:
     return engine
 
 
-def _use_wal(connection: sqlite3.Connection) -> None:
+def _use_wal(connection: sqlite3.Connection, timeout: float) -> None:
     """Put the file in WAL mode (a no-op once it is), waiting while another connection
     holds it: processes opening a new file at once get "database is locked" from this
     pragma without SQLite's busy handler waiting for them."""
-    deadline = time.monotonic() + LOCK_TIMEOUT
+    deadline = time.monotonic() + timeout
     while True:
         try:
             connection.execute("PRAGMA journal_mode = WAL")

@@ -34,5 +34,6 @@ if connection is not None:
     run_migrations(connection)
 else:
     # The store's own engine: its transactions take the write lock (BEGIN IMMEDIATE) too.
-    with open_engine(Settings().database_url).begin() as cli_connection:
+    settings = Settings()
+    with open_engine(settings.database_url, settings.database_timeout).begin() as cli_connection:
         run_migrations(cli_connection)
