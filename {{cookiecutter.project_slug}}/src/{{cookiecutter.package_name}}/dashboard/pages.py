@@ -73,7 +73,7 @@ async def overview(request: Request, visitor: VisitorDep, store: StoreDep) -> HT
     )
 
 
-class JobSelection(BaseModel):
+class JobFilterForm(BaseModel):
     """The jobs page's filters, as its forms send them: an empty field means any."""
 
     status: JobStatus | None = None
@@ -94,7 +94,7 @@ class JobSelection(BaseModel):
         return {key: str(value) for key, value in fields.items() if value}
 
 
-class JobListQuery(JobSelection):
+class JobListQuery(JobFilterForm):
     page: int = Field(1, ge=1, le=jobs_api.MAX_OFFSET // PER_PAGE)
 
 
@@ -125,7 +125,7 @@ async def cancel_selected(
     request: Request,
     _: ActingVisitorDep,
     store: StoreDep,
-    selection: Annotated[JobSelection, Form()],
+    selection: Annotated[JobFilterForm, Form()],
 ) -> RedirectResponse:
     outcome = await jobs_api.cancel_selected(selection.where(), store, request)
     cancelled, stopping = outcome.cancelled, outcome.stopping
@@ -140,14 +140,14 @@ async def retry_selected(
     request: Request,
     _: ActingVisitorDep,
     store: StoreDep,
-    selection: Annotated[JobSelection, Form()],
+    selection: Annotated[JobFilterForm, Form()],
 ) -> RedirectResponse:
     outcome = await jobs_api.retry_selected(selection.where(), store, request)
     request.session["notice"] = f"Queued {outcome.retried} failed or cancelled jobs again."
     return see_job_list(request, selection)
 
 
-def see_job_list(request: Request, selection: JobSelection) -> RedirectResponse:
+def see_job_list(request: Request, selection: JobFilterForm) -> RedirectResponse:
     url = request.url_for(f"{NAME}:job_list").include_query_params(**selection.filters())
     return RedirectResponse(url, status_code=303)
 
