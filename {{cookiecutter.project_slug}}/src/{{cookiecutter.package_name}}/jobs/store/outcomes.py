@@ -6,10 +6,10 @@ to the cost of every job.
 """
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime, timedelta
 
-from .base import MinuteOutcomes, minute_of
+from .base import MinuteOutcomes, StoreUnavailable, minute_of
 
 COMPLETED = "completed"
 FAILED = "failed"
@@ -45,6 +45,18 @@ class OutcomeTally:
         """Count again what `take` returned and could not be written: the next write has it."""
         for minute, outcome, n in taken:
             self._counts[minute, outcome] += n
+
+    async def write_out(self, write: Callable[[list[OutcomeCount]], Awaitable[None]]) -> None:
+        """Hand what was counted to `write`, if anything; kept for the next time if the store
+        cannot take it (StoreUnavailable, raised on)."""
+        counted = self.take()
+        if not counted:
+            return
+        try:
+            await write(counted)
+        except StoreUnavailable:
+            self.put_back(counted)
+            raise
 
     def since(self, start: datetime) -> list[MinuteOutcomes]:
         """What was counted from `start`'s minute on, as recent_outcomes returns it."""

@@ -61,7 +61,14 @@ from .base import (
     minute_of,
 )
 from .group_commit import Group, GroupCommitter
-from .outcomes import COMPLETED, FAILED, WRITE_INTERVAL, OutcomeTally, by_minute
+from .outcomes import (
+    COMPLETED,
+    FAILED,
+    WRITE_INTERVAL,
+    OutcomeCount,
+    OutcomeTally,
+    by_minute,
+)
 from .postgres_migrations import SCHEMA_LOCK
 
 __all__ = ["RETENTION_LOCK", "SCHEMA_LOCK", "PostgresJobStore"]
@@ -1025,12 +1032,10 @@ class PostgresJobStore:
 
     async def _write_outcomes(self) -> None:
         """Add the outcomes counted since the last time to job_outcomes; forget old ones."""
-        counted = self._outcomes.take()
-        if not counted:
-            return
-        minutes, outcomes, counts = zip(*counted, strict=True)
-        forget_before = self._clock.now() - OUTCOMES_KEPT
-        try:
+
+        async def write(counted: list[OutcomeCount]) -> None:
+            minutes, outcomes, counts = zip(*counted, strict=True)
+            forget_before = self._clock.now() - OUTCOMES_KEPT
             await self._execute(
                 RECORD_OUTCOMES,
                 list(minutes),
@@ -1039,9 +1044,8 @@ class PostgresJobStore:
                 self._instance,
                 forget_before,
             )
-        except StoreUnavailable:
-            self._outcomes.put_back(counted)
-            raise
+
+        await self._outcomes.write_out(write)
 
     async def _watch_instances(self) -> None:
         """Rescue the running jobs of instances that died, as soon as their lock is free."""

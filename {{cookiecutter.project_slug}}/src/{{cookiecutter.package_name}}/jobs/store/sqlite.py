@@ -707,15 +707,12 @@ class SqliteJobStore:
 
     async def _write_outcomes(self) -> None:
         """Add the outcomes counted since the last time to job_outcomes; forget old ones."""
-        counted = self._outcomes.take()
-        if not counted:
-            return
-        forget_before = _to_db(self._clock.now() - OUTCOMES_KEPT)
-        try:
+
+        async def write(counted: list[OutcomeCount]) -> None:
+            forget_before = _to_db(self._clock.now() - OUTCOMES_KEPT)
             await self._writer.write(_record_outcomes, (counted, forget_before))
-        except StoreUnavailable:
-            self._outcomes.put_back(counted)
-            raise
+
+        await self._outcomes.write_out(write)
 
     async def _checkpoint_periodically(self) -> None:
         """Copy the WAL into the database file now and then, off the event loop's thread,
