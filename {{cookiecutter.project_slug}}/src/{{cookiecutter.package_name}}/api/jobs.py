@@ -171,8 +171,7 @@ async def list_jobs(
 async def cancel_jobs(selection: JobSelection, store: StoreDep, request: Request) -> JobsCancelled:
     """Cancel every queued or running job the selection matches that exists now, as
     `POST /jobs/{id}/cancel` does each; an empty selection matches every job."""
-    where = JobFilter(status=selection.status, queue=selection.queue, task=selection.task)
-    return await cancel_selected(where, store, request)
+    return await cancel_selected(selection.where(), store, request)
 
 
 async def cancel_selected(where: JobFilter, store: JobStore, request: Request) -> JobsCancelled:
@@ -193,8 +192,7 @@ async def cancel_selected(where: JobFilter, store: JobStore, request: Request) -
 async def retry_jobs(selection: JobSelection, store: StoreDep, request: Request) -> JobsRetried:
     """Retry every failed or cancelled job the selection matches that has ended by now, as
     `POST /jobs/{id}/retry` does each; an empty selection matches every job."""
-    where = JobFilter(status=selection.status, queue=selection.queue, task=selection.task)
-    return await retry_selected(where, store, request)
+    return await retry_selected(selection.where(), store, request)
 
 
 async def retry_selected(where: JobFilter, store: JobStore, request: Request) -> JobsRetried:

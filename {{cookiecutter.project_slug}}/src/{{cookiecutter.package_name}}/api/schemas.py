@@ -5,6 +5,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..jobs.model import NO_NUL, JobStatus, Moment, NewJob, QueueName
+from ..jobs.store import JobFilter
 
 MAX_BULK_JOBS = 1000
 
@@ -61,6 +62,9 @@ class JobSelection(BaseModel):
         description='Only jobs whose `payload["task"]` is this.',
         examples=["send_email"],
     )
+
+    def where(self) -> JobFilter:
+        return JobFilter(status=self.status, queue=self.queue, task=self.task)
 
 
 class JobsCancelled(BaseModel):

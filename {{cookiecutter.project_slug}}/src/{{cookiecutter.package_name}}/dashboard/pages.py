@@ -11,7 +11,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse{% if cookiecutter.use_auth == "yes" %}, Response{% endif %}
 from fastapi.templating import Jinja2Templates
-from pydantic import BaseModel, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from ..about import TITLE
 from ..api import jobs as jobs_api
@@ -19,7 +19,8 @@ from ..api import queues as queues_api
 from ..api import schedules as schedules_api
 from ..api import system as system_api
 from ..api.deps import StoreDep
-from ..jobs.model import NO_NUL, QUEUE_NAME_PATTERN, Job, JobStatus
+from ..api.schemas import JobSelection
+from ..jobs.model import Job, JobStatus
 from ..jobs.store import JobFilter
 from .access import ActingVisitorDep, Visitor, VisitorDep{% if cookiecutter.use_auth == "yes" %}, check_csrf_token, get_access{% endif %}
 from .chart import chart_of
@@ -73,20 +74,16 @@ async def overview(request: Request, visitor: VisitorDep, store: StoreDep) -> HT
     )
 
 
-class JobFilterForm(BaseModel):
+class JobFilterForm(JobSelection):
     """The jobs page's filters, as its forms send them: an empty field means any."""
 
-    status: JobStatus | None = None
-    queue: str | None = Field(None, pattern=QUEUE_NAME_PATTERN)
-    task: str | None = Field(None, min_length=1, max_length=200, pattern=NO_NUL)
+    # The forms carry their CSRF token too.
+    model_config = ConfigDict(extra="ignore")
 
     @field_validator("status", "queue", "task", mode="before")
     @classmethod
     def _blank_means_any(cls, value: object) -> object:
         return None if value == "" else value
-
-    def where(self) -> JobFilter:
-        return JobFilter(status=self.status, queue=self.queue, task=self.task)
 
     def filters(self) -> dict[str, str]:
         """The filters set, as the jobs page's query parameters."""
