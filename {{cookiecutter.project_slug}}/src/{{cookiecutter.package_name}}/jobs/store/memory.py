@@ -125,21 +125,25 @@ class MemoryJobStore:
     async def complete_job(self, job: Job, result: Any) -> None:
         stored = self._running(job)
         stored.result = result
-        self._finish(stored, JobStatus.CANCELLED if stored.cancel_requested else JobStatus.DONE)
-        self._outcomes.add(self._clock.now(), COMPLETED)
+        now = self._clock.now()
+        self._finish(
+            stored, JobStatus.CANCELLED if stored.cancel_requested else JobStatus.DONE, now
+        )
+        self._outcomes.add(now, COMPLETED)
 
     async def error_job(self, job: Job, error: str, retry_at: datetime | None) -> None:
         stored = self._running(job)
         stored.errors = [*stored.errors, error]
-        self._outcomes.add(self._clock.now(), FAILED)
+        now = self._clock.now()
+        self._outcomes.add(now, FAILED)
         if stored.cancel_requested:
-            self._finish(stored, JobStatus.CANCELLED)
+            self._finish(stored, JobStatus.CANCELLED, now)
         elif retry_at is None:
-            self._finish(stored, JobStatus.FAILED)
+            self._finish(stored, JobStatus.FAILED, now)
         else:
             self._move(stored, JobStatus.QUEUED)
             stored.run_at = retry_at
-            self._enqueue(stored)
+            self._enqueue(stored, now)
 
     async def release_jobs(self, jobs: Sequence[Job]) -> None:
         for job in jobs:
@@ -148,7 +152,7 @@ class MemoryJobStore:
             if stored.attempt == 0:
                 stored.started_at = None
             if stored.cancel_requested:
-                self._finish(stored, JobStatus.CANCELLED)
+                self._finish(stored, JobStatus.CANCELLED, self._clock.now())
             else:
                 self._move(stored, JobStatus.QUEUED)
                 self._enqueue(stored)
@@ -169,7 +173,7 @@ class MemoryJobStore:
     def _cancel(self, job: Job) -> None:
         """Cancel a queued job, or ask a running one to stop."""
         if job.status is JobStatus.QUEUED:
-            self._finish(job, JobStatus.CANCELLED)
+            self._finish(job, JobStatus.CANCELLED, self._clock.now())
         elif not job.cancel_requested:
             job.cancel_requested = True
             for on_cancel in self._cancel_listeners:
@@ -448,7 +452,9 @@ class MemoryJobStore:
         return stored
 
     def _claim_at(self, job: Job) -> datetime:
-        return job.run_at + job.priority * self._aging
+        # At priority 0 the run_at itself, not an equal copy: heap entries of jobs inserted
+        # together then compare by identity.
+        return job.run_at + job.priority * self._aging if job.priority else job.run_at
 
     def _enqueue(self, job: Job, now: datetime | None = None) -> None:
         if job.run_at <= (now or self._clock.now()):
@@ -456,9 +462,9 @@ class MemoryJobStore:
         else:
             heapq.heappush(self._scheduled[job.queue], (job.run_at, job.id))
 
-    def _finish(self, job: Job, status: JobStatus) -> None:
+    def _finish(self, job: Job, status: JobStatus, at: datetime) -> None:
         self._move(job, status)
-        job.finished_at = self._clock.now()
+        job.finished_at = at
 
     def _move(self, job: Job, status: JobStatus) -> None:
         del self._by_status[job.status][job.id]
