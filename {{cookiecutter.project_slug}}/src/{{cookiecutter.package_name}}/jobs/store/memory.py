@@ -452,9 +452,7 @@ class MemoryJobStore:
         return stored
 
     def _claim_at(self, job: Job) -> datetime:
-        # At priority 0 the run_at itself, not an equal copy: heap entries of jobs inserted
-        # together then compare by identity.
-        return job.run_at + job.priority * self._aging if job.priority else job.run_at
+        return job.run_at + job.priority * self._aging
 
     def _enqueue(self, job: Job, now: datetime | None = None) -> None:
         if job.run_at <= (now or self._clock.now()):
