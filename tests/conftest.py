@@ -17,8 +17,7 @@ from .baking import JOB_STORES, Bake, render
 SUITE_SECONDS = {"postgres": 300, "sqlite": 100, "memory": 50}
 SLOW_TEST_SECONDS = {
     "test_default_render_installs_runs_and_benchmarks_in_a_fresh_venv": 150,
-    # It runs the updated render's whole suite.
-    "test_cruft_update_brings_template_changes_and_keeps_the_user_s_work": 100,
+    "test_cruft_update_brings_template_changes_and_keeps_the_user_s_work": 30,
     "test_service_conforms_to_its_own_openapi_document": 20,
     "test_compares_requests_and_end_to_end_in_every_round": 20,
     "test_every_dashboard_query_returns_data_from_a_real_prometheus": 15,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from .baking import JOB_STORES, Bake, resolve_answers
+from .baking import JOB_STORES, PROMPTS, Bake, resolve_answers
 from .databases import suite_environment
 from .processes import LOCAL_OPENER, became_healthy, free_port
 from .render_checks import (
@@ -26,15 +26,22 @@ from .render_checks import (
     find_metrics_mentions,
 )
 
-# Every job store in cookiecutter.json is baked, plus the answers at their limits.
+# A project name of its own, with API keys but neither metrics nor the dashboard.
+ACME_REPORTS = {
+    "project_name": "Acme Reports",
+    "job_store": "sqlite",
+    "worker_count": "1",
+    "port": "9001",
+    "use_metrics": "no",
+    "use_dashboard": "no",
+}
+# Every job store in cookiecutter.json is baked, every answer of every other prompt, and the
+# answers at their limits. Each render runs its own suite, the slowest part of these tests,
+# so a render covers several answers rather than one each.
 RENDERS: dict[str, dict[str, str]] = {
     "default": {},
     **{f"job_store={store}": {"job_store": store} for store in JOB_STORES[1:]},
-    "sqlite-1-worker-port-9001": {
-        "job_store": "sqlite",
-        "worker_count": "1",
-        "port": "9001",
-    },
+    "acme-reports-sqlite-1-worker-port-9001-no-metrics-no-dashboard": ACME_REPORTS,
     "memory-256-workers-port-65535-no-metrics-no-auth-no-dashboard": {
         "job_store": "memory",
         "worker_count": "256",
@@ -51,8 +58,6 @@ RENDERS: dict[str, dict[str, str]] = {
         "use_metrics": "no",
         "use_auth": "no",
     },
-    "use_metrics=no-use_dashboard=no": {"use_metrics": "no", "use_dashboard": "no"},
-    "project_name=Acme Reports": {"project_name": "Acme Reports"},
 }
 
 # Files beyond the store modules that only some stores keep, with the stores keeping them.
@@ -94,6 +99,23 @@ class Render:
 def rendered(request: pytest.FixtureRequest, bake: Bake) -> Render:
     answers: dict[str, str] = request.param
     return Render(resolve_answers(answers), bake(**answers))
+
+
+def test_renders_cover_every_choice_of_every_prompt() -> None:
+    rendered_answers = [resolve_answers(answers) for answers in RENDERS.values()]
+    choice_prompts = {
+        prompt: choices
+        for prompt, choices in PROMPTS.items()
+        if not prompt.startswith("_") and isinstance(choices, list)
+    }
+
+    for prompt, choices in choice_prompts.items():
+        assert {answers[prompt] for answers in rendered_answers} == set(choices), prompt
+    # The dashboard signs users in only with API keys: all four ways the two combine.
+    auth_and_dashboard = {
+        (answers["use_auth"], answers["use_dashboard"]) for answers in rendered_answers
+    }
+    assert auth_and_dashboard == {("yes", "yes"), ("yes", "no"), ("no", "yes"), ("no", "no")}
 
 
 def clean_env(**variables: str) -> dict[str, str]:
@@ -243,7 +265,7 @@ def test_render_own_test_suite_passes(rendered: Render) -> None:
 
 
 def test_project_name_sets_slug_and_package_name(bake: Bake) -> None:
-    project_dir = bake(project_name="Acme Reports")
+    project_dir = bake(**ACME_REPORTS)
 
     assert project_dir.name == "acme-reports"
     packages = [path.name for path in (project_dir / "src").iterdir() if path.is_dir()]
@@ -251,7 +273,7 @@ def test_project_name_sets_slug_and_package_name(bake: Bake) -> None:
 
 
 def test_project_name_leaves_no_trace_of_the_default_names(bake: Bake) -> None:
-    project_dir = bake(project_name="Acme Reports")
+    project_dir = bake(**ACME_REPORTS)
 
     default_names = re.compile(r"job[_-]service", re.IGNORECASE)
 

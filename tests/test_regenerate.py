@@ -31,6 +31,24 @@ def greet(job: Job) -> dict[str, str]:
     """A task of the user's own, which an update must keep."""
     return {"greeting": f"hello {job.payload.get('name', 'world')}"}
 '''
+# The user's test of that task, with the render's own fixtures: the app, its store and engine.
+USER_TEST = '''"""Our greet task, through the API."""
+
+import httpx
+
+from .conftest import wait_until
+
+
+async def test_greet_greets_by_name(client: httpx.AsyncClient) -> None:
+    submitted = await client.post("/jobs", json={"payload": {"task": "greet", "name": "Ada"}})
+    job_url = f"/jobs/{submitted.json()['job_id']}"
+
+    async def done() -> bool:
+        return (await client.get(job_url)).json()["status"] == "done"
+
+    await wait_until(done, message="the greet job to be done")
+    assert (await client.get(job_url)).json()["result"] == {"greeting": "hello Ada"}
+'''
 
 
 def differences(left: Path, right: Path) -> list[str]:
@@ -134,7 +152,8 @@ def test_cruft_update_brings_template_changes_and_keeps_the_user_s_work(
     insert_before(project / "README.md", "## Two commands", USER_README_LINE)
     with (project / "src" / "job_service" / "jobs" / "tasks.py").open("a") as tasks:
         tasks.write(USER_TASK)
-    shell.commit_all(project, "Our own README line and task")
+    (project / "tests" / "test_greet.py").write_text(USER_TEST)
+    shell.commit_all(project, "Our own README line, task and test")
     # The template moves on: another place in the same file, and a new file.
     insert_before(
         template / "{{cookiecutter.project_slug}}" / "README.md", "## Layout", TEMPLATE_README_LINE
@@ -151,12 +170,15 @@ def test_cruft_update_brings_template_changes_and_keeps_the_user_s_work(
     assert USER_README_LINE in readme
     assert TEMPLATE_README_LINE in readme
     assert USER_TASK in tasks_source
+    assert (project / "tests" / "test_greet.py").read_text() == USER_TEST
     assert (project / "CHANGES.md").read_text() == "# Changes to Job Service\n"
     assert list(project.rglob("*.rej")) == []
     shell.run(CRUFT, "check", cwd=project)
-    shell.run(sys.executable, "-m", "ruff", "check", "--no-cache", "src", cwd=project)
+    shell.run(sys.executable, "-m", "ruff", "check", "--no-cache", "src", "tests", cwd=project)
+    # The render's whole suite runs in tests/test_bake.py; here, the updated project must run
+    # the user's task, tested with the render's own fixtures.
     suite = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_greet.py"],
         cwd=project,
         env={**os.environ, "PYTHONPATH": "src", "PYTHONDONTWRITEBYTECODE": "1"},
         capture_output=True,
