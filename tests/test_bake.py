@@ -35,7 +35,7 @@ ACME_REPORTS = {
     "use_metrics": "no",
     "use_dashboard": "no",
 }
-# Every job store in cookiecutter.json is baked, every answer of every other prompt, and the
+# Together the renders take every choice of every prompt (a test checks that they do) and the
 # answers at their limits. Each render runs its own suite, the slowest part of these tests,
 # so a render covers several answers rather than one each.
 RENDERS: dict[str, dict[str, str]] = {
